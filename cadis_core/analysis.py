@@ -1,0 +1,103 @@
+"""Certified accuracy, ACR and abstain rate from certification TSVs (ours or Cohen et al.'s).
+
+Certified accuracy at r is the share of images that are correct with radius >= r; an abstain
+counts as wrong. `correct` is always recomputed from predict == label, because some older
+tools wrote a running total there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import CadisError
+
+DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+_SHARD_KEYS = {"shard", "versions", "created"}
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """One result file as a DataFrame; its sidecar configuration (if any) is in `df.attrs['config']`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CadisError(f"Result file {path} does not exist.")
+    df = pd.read_csv(path, sep="\t")
+    missing = {"idx", "label", "predict", "radius"} - set(df.columns)
+    if missing:
+        raise CadisError(f"{path} lacks the columns {sorted(missing)}; is it a certification TSV?")
+    df["correct"] = (df["predict"] == df["label"]).astype(int)
+    side = path.with_suffix(".json")
+    df.attrs["config"] = json.loads(side.read_text()) if side.is_file() else {}
+    df.attrs["label"] = df.attrs["config"].get("label") or path.stem.split(".shard")[0]
+    return df
+
+
+def merge_results(paths: list[str | Path]) -> dict[str, pd.DataFrame]:
+    """Read files and merge those of one run (shards, same configuration) into one table per label."""
+    groups: dict[str, list[pd.DataFrame]] = {}
+    keys: dict[str, str] = {}
+    for p in paths:
+        df = read_results(p)
+        identity = json.dumps({k: v for k, v in df.attrs["config"].items() if k not in _SHARD_KEYS}, sort_keys=True)
+        label = df.attrs["label"]
+        if label in keys and keys[label] != identity:
+            label = f"{label} ({Path(p).stem})"
+        keys[label] = identity
+        groups.setdefault(label, []).append(df)
+    merged = {}
+    for label, dfs in groups.items():
+        df = pd.concat(dfs).drop_duplicates("idx").sort_values("idx").reset_index(drop=True)
+        df.attrs = {**dfs[0].attrs, "label": label}
+        merged[label] = df
+    return merged
+
+
+def certified_accuracy(df: pd.DataFrame, radii) -> np.ndarray:
+    """Share of images with correct prediction and radius >= r, for each r."""
+    correct, radius = df["correct"].to_numpy(bool), df["radius"].to_numpy(float)
+    return np.array([(correct & (radius >= r)).mean() for r in radii])
+
+
+def summarize(df: pd.DataFrame, radii=DEFAULT_RADII) -> dict[str, float]:
+    """Certified accuracy at each radius, ACR, abstain rate and (smoothed) clean accuracy."""
+    acc = certified_accuracy(df, radii)
+    sigma = df.attrs.get("config", {}).get("sigma") or (df["sigma"].iloc[0] if "sigma" in df else np.nan)
+    row = {"images": len(df), "sigma": sigma}
+    row.update({f"r={r:g}": float(a) for r, a in zip(radii, acc)})
+    row["ACR"] = float((df["radius"] * df["correct"]).mean())
+    row["abstain"] = float((df["predict"] == -1).mean())
+    row["clean_acc"] = float(df["correct"].mean())
+    return row
+
+
+def summary_table(results: dict[str, pd.DataFrame], radii=DEFAULT_RADII, envelope: bool = False) -> pd.DataFrame:
+    """One row per run; with `envelope`, a last row with the best value over runs at each radius."""
+    table = pd.DataFrame({label: summarize(df, radii) for label, df in results.items()}).T
+    if envelope and len(results) > 1:
+        cols = [f"r={r:g}" for r in radii]
+        table.loc["best-σ envelope", cols] = table[cols].max()
+    table.index.name = "run"
+    return table
+
+
+def certified_accuracy_figure(results: dict[str, pd.DataFrame], max_radius: float | None = None,
+                              envelope: bool = False):
+    """Plotly figure: certified accuracy vs radius, one line per run (and the best-σ envelope)."""
+    import plotly.graph_objects as go
+
+    top = max_radius or max(float(df["radius"].max()) for df in results.values()) * 1.05 + 1e-3
+    grid = np.linspace(0, top, 200)
+    fig = go.Figure()
+    curves = []
+    for label, df in results.items():
+        curves.append(certified_accuracy(df, grid))
+        fig.add_trace(go.Scatter(x=grid, y=curves[-1], mode="lines", name=label, line_shape="hv"))
+    if envelope and len(curves) > 1:
+        fig.add_trace(go.Scatter(x=grid, y=np.max(curves, 0), mode="lines", name="best-σ envelope",
+                                 line=dict(dash="dash", color="black"), line_shape="hv"))
+    fig.update_layout(xaxis_title="ℓ2 radius", yaxis_title="certified accuracy", yaxis_range=[0, 1],
+                      template="plotly_white", legend_title="run")
+    return fig

@@ -1,0 +1,59 @@
+"""Resumable training state: safetensors weights, optimizer state and a JSON step counter.
+
+A checkpoint directory is written to a temporary sibling and renamed into place, so an
+interrupted save never leaves a half-written checkpoint. Loading uses safetensors and
+`torch.load(weights_only=True)`, never unpickling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import CadisError
+
+
+def save_checkpoint(directory: str | os.PathLike, models: dict[str, torch.nn.Module],
+                    optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:
+    """Atomically write `{name}.safetensors` per model, `optimizer.pt` and `state.json`."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, model in models.items():
+        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(tensors, tmp / f"{name}.safetensors")
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(directory: str | os.PathLike, models: dict[str, torch.nn.Module],
+                    optimizer: torch.optim.Optimizer | None) -> dict[str, Any] | None:
+    """Restore models and optimizer in place; returns the saved state, or None if there is none."""
+    directory = Path(directory)
+    if not directory.exists() and directory.with_name(directory.name + ".old").exists():
+        directory = directory.with_name(directory.name + ".old")  # crashed between the two renames
+    if not (directory / "state.json").exists():
+        return None
+    try:
+        for name, model in models.items():
+            model.load_state_dict(load_file(directory / f"{name}.safetensors"))
+        if optimizer is not None and (directory / "optimizer.pt").exists():
+            optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+        return json.loads((directory / "state.json").read_text())
+    except Exception as e:  # safetensors, torch and json each raise their own types
+        raise CadisError(f"Checkpoint {directory} is corrupt or from another configuration ({e}). "
+                         "Delete it (or pass --fresh) to start over.") from e

@@ -1,0 +1,182 @@
+"""`python -m cadis_core ...`: certify, analyze, and train the embedded default's models."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import CadisError
+
+
+def _zoo_parser(sub: argparse._SubParsersAction) -> None:
+    zoo = sub.add_parser("zoo", help="train and document the embedded default's models")
+    zsub = zoo.add_subparsers(dest="zoo_command", required=True)
+    for name, steps, bs, lr, wd, warm in [("train-denoiser", 10000, 64, 1e-3, 0.0, 200),
+                                         ("train-classifier", 9000, 128, 2e-3, 0.05, 450)]:
+        p = zsub.add_parser(name, help=f"resumable training ({name})")
+        kind = name.split("-")[1]
+        p.add_argument("--out", default=f"runs/zoo/{kind}", help="checkpoints and loss log (resumes if present)")
+        p.add_argument("--export", default=f"assets/models/fmnist-{'ddpm' if kind == 'denoiser' else 'vit'}")
+        p.add_argument("--steps", type=int, default=steps)
+        p.add_argument("--batch-size", type=int, default=bs)
+        p.add_argument("--lr", type=float, default=lr)
+        p.add_argument("--weight-decay", type=float, default=wd)
+        p.add_argument("--warmup", type=int, default=warm)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+        p.add_argument("--checkpoint-minutes", type=float, default=3.0)
+        if kind == "denoiser":
+            p.add_argument("--beta-schedule", default="linear", choices=["linear", "squaredcos_cap_v2"])
+
+
+def _run_zoo(args: argparse.Namespace) -> None:
+    import torch
+
+    from .zoo.training import TrainConfig, train_classifier, train_denoiser
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    kw = dict(out=args.out, export=args.export, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+              weight_decay=args.weight_decay, warmup=args.warmup, seed=args.seed,
+              checkpoint_minutes=args.checkpoint_minutes)
+    if args.zoo_command == "train-denoiser":
+        print(f"saved {train_denoiser(TrainConfig(beta_schedule=args.beta_schedule, **kw))}")
+    elif args.zoo_command == "train-classifier":
+        print(f"saved {train_classifier(TrainConfig(**kw))}")
+
+
+def _certify_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("certify", help="certify a dataset with denoised smoothing (resumable TSV)")
+    p.add_argument("--preset", help="a named bundle of dataset and models (fashion-mnist, cifar10)")
+    p.add_argument("--denoiser", help="diffusers directory or hub id")
+    p.add_argument("--classifier", help="timm name, local-dir:PATH, hf:ID or a directory")
+    p.add_argument("--dataset", help="fashion-mnist, cifar10 or an ImageFolder directory")
+    p.add_argument("--data-root", help="where the dataset lives (default: the usual places)")
+    p.add_argument("--download", action="store_true", help="download the dataset if missing (online)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--sigma", type=float, help="noise level in [0,1] pixel units (default: the preset's)")
+    p.add_argument("--n0", type=int, help="draws to choose the class (default: the preset's, else 100)")
+    p.add_argument("--n", type=int, help="draws to estimate p_A (default: the preset's, else 10000)")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
+    p.add_argument("--batch-size", type=int, help="draws per forward pass")
+    p.add_argument("--max", type=int, default=None, help="stop before this index")
+    p.add_argument("--skip", type=int, default=1, help="certify every S-th image")
+    p.add_argument("--shard", default="0/1", help="I/K: this process takes every K-th selected image from I")
+    p.add_argument("--mode", default="one-shot", choices=["one-shot", "multistep"])
+    p.add_argument("--steps", type=int, default=10, help="reverse steps in multistep mode")
+    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label", help="name of this run in analyze's tables (default: the file name)")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--out", required=True, help="result TSV (a sidecar .json gets the configuration)")
+    p.add_argument("--fresh", action="store_true", help="overwrite an existing result file")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _run_certify(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .classifier import load_classifier
+    from .data import load_dataset
+    from .denoiser import DiffusionDenoiser
+    from .presets import get_preset
+    from .runner import certify_dataset, select_indices
+    from .smoothing import DenoisedSmoothing, check_parameters
+
+    preset = get_preset(args.preset) if args.preset else None
+    denoiser_spec = args.denoiser or (preset and preset.denoiser)
+    classifier_spec = args.classifier or (preset and preset.classifier)
+    dataset_name = args.dataset or (preset and preset.dataset)
+    if not (denoiser_spec and classifier_spec and dataset_name):
+        raise CadisError("Give --preset NAME, or all of --denoiser, --classifier and --dataset.")
+    sigma = args.sigma if args.sigma is not None else (preset.sigma if preset else 0.25)
+    n0 = args.n0 if args.n0 is not None else (preset.n0 if preset else 100)
+    n = args.n if args.n is not None else (preset.n if preset else 10000)
+    batch_size = args.batch_size or (preset.batch_size if preset else 256)
+    check_parameters(sigma=sigma, alpha=args.alpha, n0=n0, n=n)
+    try:
+        shard = tuple(int(v) for v in args.shard.split("/"))
+        assert len(shard) == 2
+    except (ValueError, AssertionError):
+        raise CadisError(f"--shard must look like I/K, e.g. 0/4 (got {args.shard!r}).") from None
+    dataset = load_dataset(dataset_name, args.split, args.data_root, args.download)
+    indices = select_indices(len(dataset), args.skip, args.max, shard)
+    if preset and not args.denoiser and not args.classifier:
+        preset.check_available()
+    dtype = None
+    if args.device.startswith("cuda"):
+        import torch
+
+        dtype = torch.bfloat16
+    denoiser = DiffusionDenoiser.from_pretrained(denoiser_spec, args.device, dtype)
+    classifier = load_classifier(classifier_spec, args.device)
+    kwargs = {"steps": args.steps, "sampler": args.sampler} if args.mode == "multistep" else {}
+    smooth = DenoisedSmoothing(denoiser, classifier, sigma, batch_size, args.mode, **kwargs)
+    out = Path(args.out)
+    if shard != (0, 1):
+        out = out.with_name(f"{out.stem}.shard{shard[0]}of{shard[1]}{out.suffix}")
+    config = {"preset": args.preset, "denoiser": str(denoiser_spec), "classifier": str(classifier_spec),
+              "dataset": dataset_name, "split": args.split, "sigma": sigma, "n0": n0, "n": n, "alpha": args.alpha,
+              "seed": args.seed, "batch_size": batch_size, "mode": args.mode, "skip": args.skip, "max": args.max,
+              "shard": args.shard, "label": args.label, "device": args.device,
+              **({"steps": args.steps, "sampler": args.sampler} if args.mode == "multistep" else {})}
+    certify_dataset(smooth, dataset, out, config, indices, n0, n, args.alpha, args.seed, args.fresh, args.device)
+    print(f"wrote {out}")
+
+
+def _analyze_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="certified accuracy, ACR and abstain rate from result TSVs")
+    p.add_argument("files", nargs="+", help="result TSVs (shards of one run are merged)")
+    p.add_argument("--radii", default="0,0.25,0.5,0.75,1.0", help="comma-separated radii")
+    p.add_argument("--envelope", action="store_true", help="add the best-σ envelope over the files")
+    p.add_argument("--csv", help="also write the table as CSV")
+    p.add_argument("--markdown", help="also write the table as markdown")
+    p.add_argument("--html", help="write a plotly figure of certified accuracy vs radius")
+
+
+def _run_analyze(args: argparse.Namespace) -> None:
+    from .analysis import certified_accuracy_figure, merge_results, summary_table
+
+    try:
+        radii = [float(r) for r in args.radii.split(",")]
+    except ValueError:
+        raise CadisError(f"--radii must be comma-separated numbers (got {args.radii!r}).") from None
+    results = merge_results(args.files)
+    table = summary_table(results, radii, args.envelope)
+    markdown = table.to_markdown(floatfmt=".3f")
+    print(markdown)
+    if args.csv:
+        table.to_csv(args.csv)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown + "\n")
+    if args.html:
+        certified_accuracy_figure(results, envelope=args.envelope).write_html(args.html, include_plotlyjs=True)
+        print(f"figure: {args.html}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cadis_core", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _certify_parser(sub)
+    _analyze_parser(sub)
+    _zoo_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"certify": _run_certify, "analyze": _run_analyze, "zoo": _run_zoo}[args.command](args)
+    except CadisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,105 @@
+"""Certify a dataset image by image into a Cohen-compatible TSV that resumes where it stopped.
+
+Columns: idx label predict radius correct time count_a n p_a_lower sigma alpha.
+The configuration goes in a sidecar JSON (FILE.json). Each row is flushed as soon as it is
+computed; re-running the same command skips the indices already in the file. Each image has
+its own seed (seed, idx), so rows do not depend on order, shards or interruptions.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import ImageDataset
+from .errors import CadisError
+from .smoothing import Smooth
+
+COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "count_a", "n", "p_a_lower", "sigma", "alpha"]
+# Keys that change the rows; anything else (shard, versions, timestamps) may differ between runs of one file.
+IDENTITY_KEYS = ["denoiser", "classifier", "dataset", "split", "sigma", "n0", "n", "alpha", "seed", "batch_size",
+                 "mode", "steps", "sampler", "skip", "method"]
+
+
+def select_indices(size: int, skip: int = 1, max_index: int | None = None,
+                   shard: tuple[int, int] = (0, 1)) -> list[int]:
+    """Cohen's selection (every `skip`-th index below `max_index`), then every K-th of those from I."""
+    if skip < 1:
+        raise CadisError(f"--skip must be >= 1 (got {skip}).")
+    i, k = shard
+    if not 0 <= i < k:
+        raise CadisError(f"--shard I/K needs 0 <= I < K (got {i}/{k}).")
+    stop = size if max_index is None else min(size, max_index)
+    return list(range(0, stop, skip))[i::k]
+
+
+def sidecar_path(out: Path) -> Path:
+    return out.with_suffix(".json")
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import scipy
+    import timm
+
+    from . import __version__
+
+    return {"cadis": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "timm": timm.__version__, "scipy": scipy.__version__, "python": platform.python_version()}
+
+
+def _done_indices(out: Path) -> set[int]:
+    """Indices already certified; a partial last line (killed mid-write) is cut off."""
+    raw = out.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        raw = raw[: raw.rfind(b"\n") + 1]
+        out.write_bytes(raw)
+    lines = raw.decode().splitlines()
+    if not lines or lines[0].split("\t") != COLUMNS:
+        raise CadisError(f"{out} is not a cadis result file; choose another --out or pass --fresh.")
+    return {int(line.split("\t", 1)[0]) for line in lines[1:] if line}
+
+
+def prepare_output(out: Path, config: dict[str, Any], fresh: bool) -> set[int]:
+    """Create or reopen `out`. Returns the indices already done. Refuses a changed configuration."""
+    side = sidecar_path(out)
+    if out.exists() and not fresh:
+        old = json.loads(side.read_text()) if side.exists() else {}
+        changed = [k for k in IDENTITY_KEYS if old.get(k) != config.get(k)]
+        if changed:
+            raise CadisError(f"{out} was made with another configuration ({', '.join(changed)} differ). "
+                             "Pass --fresh to start over, or choose another --out.")
+        return _done_indices(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\t".join(COLUMNS) + "\n")
+    side.write_text(json.dumps({**config, "versions": versions()}, indent=2))
+    return set()
+
+
+def certify_dataset(smooth: Smooth, dataset: ImageDataset, out: str | Path, config: dict[str, Any],
+                    indices: list[int], n0: int, n: int, alpha: float, seed: int = 0,
+                    fresh: bool = False, device: str | torch.device = "cpu") -> Path:
+    """CERTIFY each selected image and append one flushed row per image to `out`."""
+    out = Path(out)
+    done = prepare_output(out, config, fresh)
+    todo = [i for i in indices if i not in done]
+    bar = tqdm(todo, desc=f"certify σ={smooth.sigma}", unit="img", initial=len(indices) - len(todo),
+               total=len(indices))
+    with out.open("a") as f:
+        for idx in bar:
+            x, label = dataset[idx]
+            start = time.time()
+            cert = smooth.certify(x.to(device), n0, n, alpha, seed=seed * 1_000_003 + idx)
+            elapsed = time.time() - start
+            row = [idx, label, cert.prediction, f"{cert.radius:.4f}", int(cert.prediction == label),
+                   f"{elapsed:.3f}", cert.count_a, cert.n, f"{cert.p_a_lower:.6f}", smooth.sigma, alpha]
+            f.write("\t".join(map(str, row)) + "\n")
+            f.flush()
+            bar.set_postfix(samples_per_s=f"{(n0 + n) / elapsed:.0f}")
+    return out

@@ -1,0 +1,1 @@
+"""Training and documenting the embedded default's off-the-shelf models."""

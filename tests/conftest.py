@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny randomly initialised models saved in the same layouts as real ones."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_tiny_unet(channels: int = 1, size: int = 28):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, norm_num_groups=4,
+                       block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+
+
+def make_tiny_vit(num_classes: int = 10):
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=num_classes, img_size=28,
+                             patch_size=7, embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, in_chans=1,
+                             pretrained_cfg_overlay=dict(mean=(0.5,), std=(0.5,), input_size=(1, 28, 28),
+                                                         num_classes=num_classes))
+
+
+@pytest.fixture(scope="session")
+def tiny_denoiser_dir(tmp_path_factory) -> Path:
+    """A tiny DDPM (linear schedule, 1000 steps) saved in diffusers' pipeline layout."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    path = tmp_path_factory.mktemp("tiny-ddpm")
+    DDPMPipeline(unet=make_tiny_unet(), scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory) -> Path:
+    """A tiny timm ViT (1×28×28, 10 classes) saved in timm's local-dir layout."""
+    import timm
+
+    path = tmp_path_factory.mktemp("tiny-vit")
+    timm.models.save_for_hf(make_tiny_vit(), path, safe_serialization=True,
+                            model_config={"label_names": [f"class{i}" for i in range(10)]})
+    return path

@@ -1,0 +1,52 @@
+"""Certified accuracy, ACR, abstain rate and the best-σ envelope, against hand-computed values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cadis_core.analysis import certified_accuracy, merge_results, read_results, summarize, summary_table
+from cadis_core.cli import main
+
+
+def _write(path, rows, config=None):
+    lines = ["idx\tlabel\tpredict\tradius\tcorrect\ttime"] + ["\t".join(map(str, r)) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    if config is not None:
+        path.with_suffix(".json").write_text(json.dumps(config))
+
+
+def test_cohen_format_with_running_total_in_correct_is_recomputed(tmp_path):
+    # Older code wrote a running total in `correct`; we recompute it from predict == label.
+    rows = [(0, 3, 3, 0.9, 1, 1.0), (1, 2, 2, 0.3, 2, 1.0), (2, 1, 5, 0.6, 2, 1.0), (3, 4, -1, 0.0, 2, 1.0)]
+    _write(tmp_path / "cohen.tsv", rows)
+    df = read_results(tmp_path / "cohen.tsv")
+    assert df["correct"].tolist() == [1, 1, 0, 0]
+    s = summarize(df, radii=(0, 0.25, 0.5, 1.0))
+    assert s["r=0"] == 0.5 and s["r=0.25"] == 0.5 and s["r=0.5"] == 0.25 and s["r=1"] == 0.0
+    assert s["ACR"] == pytest.approx((0.9 + 0.3) / 4)
+    assert s["abstain"] == 0.25 and s["clean_acc"] == 0.5
+
+
+def test_certified_accuracy_uses_radius_at_least_r(tmp_path):
+    _write(tmp_path / "a.tsv", [(0, 1, 1, 0.5, 1, 0), (1, 1, 1, 0.49999, 1, 0)])
+    assert certified_accuracy(read_results(tmp_path / "a.tsv"), [0.5]).tolist() == [0.5]
+
+
+def test_envelope_takes_the_best_run_at_each_radius(tmp_path):
+    _write(tmp_path / "s25.tsv", [(0, 1, 1, 0.4, 1, 0), (1, 1, 1, 0.3, 1, 0)], {"sigma": 0.25, "label": "σ=0.25"})
+    _write(tmp_path / "s50.tsv", [(0, 1, 1, 0.9, 1, 0), (1, 1, 2, 0.0, 0, 0)], {"sigma": 0.5, "label": "σ=0.5"})
+    table = summary_table(merge_results([tmp_path / "s25.tsv", tmp_path / "s50.tsv"]), (0, 0.5), envelope=True)
+    assert table.loc["σ=0.25", "r=0"] == 1.0 and table.loc["σ=0.5", "r=0.5"] == 0.5
+    assert table.loc["best-σ envelope", "r=0"] == 1.0 and table.loc["best-σ envelope", "r=0.5"] == 0.5
+
+
+def test_analyze_cli_writes_table_and_figure(tmp_path, capsys):
+    _write(tmp_path / "r.tsv", [(i, i % 3, i % 3 if i % 4 else -1, 0.1 * i, 0, 0) for i in range(8)])
+    assert main(["analyze", str(tmp_path / "r.tsv"), "--csv", str(tmp_path / "t.csv"),
+                 "--html", str(tmp_path / "f.html")]) == 0
+    out = capsys.readouterr().out
+    assert "ACR" in out and (tmp_path / "f.html").stat().st_size > 1000
+    expected_acr = sum(0.1 * i for i in range(8) if i % 4) / 8  # abstains and errors count as radius 0
+    assert f"{expected_acr:.3f}" in out

@@ -1,0 +1,122 @@
+"""The certification runner: resume after a kill, refusal of changed configurations, bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cadis_core.cli import main
+
+from conftest import ROOT
+
+
+def _args(den, clf, out, *extra):
+    return ["certify", "--denoiser", str(den), "--classifier", f"local-dir:{clf}", "--dataset", "fashion-mnist",
+            "--sigma", "0.25", "--n0", "8", "--n", "32", "--batch-size", "40", "--out", str(out), *extra]
+
+
+def _rows(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t")
+
+
+def test_certify_writes_cohen_columns_and_sidecar(tiny_denoiser_dir, tiny_classifier_dir, tmp_path):
+    out = tmp_path / "r.tsv"
+    assert main(_args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "6", "--skip", "2")) == 0
+    df = _rows(out)
+    assert list(df.columns[:6]) == ["idx", "label", "predict", "radius", "correct", "time"]
+    assert df["idx"].tolist() == [0, 2, 4]
+    assert (df["correct"] == (df["predict"] == df["label"]).astype(int)).all()
+    cfg = (tmp_path / "r.json").read_text()
+    assert '"sigma": 0.25' in cfg and '"torch"' in cfg and '"seed": 0' in cfg
+
+
+def test_kill_and_resume_gives_each_index_once_and_keeps_earlier_rows(tiny_denoiser_dir, tiny_classifier_dir,
+                                                                       tmp_path):
+    out = tmp_path / "resume.tsv"
+    cmd = [sys.executable, "-m", "cadis_core", *_args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "30")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 4):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = out.read_text().splitlines()
+    assert 4 <= len(before) < 31, "the run should have been killed midway"
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = out.read_text().splitlines()
+    complete_before = [line for line in before if line.count("\t") == 10]
+    assert after[: len(complete_before)] == complete_before
+    df = _rows(out)
+    assert sorted(df["idx"]) == list(range(30)) and df["idx"].is_unique
+    # Per-image seeds: the resumed file equals an uninterrupted run, timings aside.
+    ref = tmp_path / "ref.tsv"
+    assert main(_args(tiny_denoiser_dir, tiny_classifier_dir, ref, "--max", "30")) == 0
+    cols = ["idx", "label", "predict", "radius", "count_a", "p_a_lower"]
+    pd.testing.assert_frame_equal(df.sort_values("idx")[cols].reset_index(drop=True), _rows(ref)[cols])
+
+
+def test_changed_configuration_is_refused_unless_fresh(tiny_denoiser_dir, tiny_classifier_dir, tmp_path, capsys):
+    out = tmp_path / "c.tsv"
+    assert main(_args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "2")) == 0
+    changed = _args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "2")
+    changed[changed.index("0.25")] = "0.5"
+    assert main(changed) == 2
+    assert "another configuration" in capsys.readouterr().err
+    assert _rows(out)["sigma"].unique().tolist() == [0.25]
+    assert main([*changed, "--fresh"]) == 0
+    assert _rows(out)["sigma"].unique().tolist() == [0.5]
+
+
+def test_shards_split_the_indices_and_analyze_merges_them(tiny_denoiser_dir, tiny_classifier_dir, tmp_path, capsys):
+    out = tmp_path / "s.tsv"
+    for i in range(2):
+        assert main(_args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "5", "--shard", f"{i}/2")) == 0
+    a, b = _rows(tmp_path / "s.shard0of2.tsv"), _rows(tmp_path / "s.shard1of2.tsv")
+    assert a["idx"].tolist() == [0, 2, 4] and b["idx"].tolist() == [1, 3]
+    capsys.readouterr()
+    assert main(["analyze", str(tmp_path / "s.shard0of2.tsv"), str(tmp_path / "s.shard1of2.tsv")]) == 0
+    table = capsys.readouterr().out
+    assert "| s " in table and "5.000" in table  # one merged run of five images
+
+
+BAD = [
+    (["--sigma", "0"], "sigma must be > 0"),
+    (["--sigma", "-0.5"], "sigma must be > 0"),
+    (["--alpha", "0.5"], "alpha must be in (0, 0.5)"),
+    (["--alpha", "0"], "alpha must be in (0, 0.5)"),
+    (["--n0", "0"], "n0 must be >= 1"),
+    (["--n", "0"], "n must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD)
+def test_bad_parameters_give_one_line_errors(extra, message, tiny_denoiser_dir, tiny_classifier_dir, tmp_path,
+                                             capsys):
+    assert main([*_args(tiny_denoiser_dir, tiny_classifier_dir, tmp_path / "x.tsv"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_missing_inputs_give_one_line_errors_without_traceback(tiny_denoiser_dir, tiny_classifier_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cases = [
+        (_args(tmp_path / "no-denoiser", tiny_classifier_dir, tmp_path / "a.tsv"), "Denoiser directory"),
+        (_args(tiny_denoiser_dir, tmp_path / "no-classifier", tmp_path / "b.tsv"), "Classifier directory"),
+        (["certify", "--denoiser", str(tiny_denoiser_dir), "--classifier", f"local-dir:{tiny_classifier_dir}",
+          "--dataset", "cifar10", "--data-root", str(tmp_path / "nodata"), "--out", str(tmp_path / "c.tsv")],
+         "CIFAR-10 not found"),
+    ]
+    for argv, message in cases:
+        r = subprocess.run([sys.executable, "-m", "cadis_core", *argv], cwd=ROOT, env=env, capture_output=True,
+                           text=True)
+        assert r.returncode != 0
+        assert message in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
