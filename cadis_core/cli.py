@@ -25,8 +25,16 @@ def _zoo_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         p.add_argument("--checkpoint-minutes", type=float, default=3.0)
+        p.add_argument("--stop-at", type=int, default=None, help="checkpoint and stop at this step (re-run to go on)")
         if kind == "denoiser":
             p.add_argument("--beta-schedule", default="linear", choices=["linear", "squaredcos_cap_v2"])
+    card = zsub.add_parser("card", help="measure the embedded models and write assets/models/README.md")
+    card.add_argument("--denoiser", default="assets/models/fmnist-ddpm")
+    card.add_argument("--classifier", default="assets/models/fmnist-vit")
+    card.add_argument("--out", default="assets/models", help="where README.md, card.json and images go")
+    card.add_argument("--seed", type=int, default=0)
+    card.add_argument("--limit", type=int, default=None, help="measure on the first K test images only")
+    card.add_argument("--threads", type=int, default=0)
 
 
 def _run_zoo(args: argparse.Namespace) -> None:
@@ -36,13 +44,21 @@ def _run_zoo(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.zoo_command == "card":
+        from .zoo.card import write_card
+
+        write_card(args.denoiser, args.classifier, args.out, args.seed, args.limit)
+        print(f"wrote {args.out}/README.md")
+        return
     kw = dict(out=args.out, export=args.export, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
               weight_decay=args.weight_decay, warmup=args.warmup, seed=args.seed,
               checkpoint_minutes=args.checkpoint_minutes)
     if args.zoo_command == "train-denoiser":
-        print(f"saved {train_denoiser(TrainConfig(beta_schedule=args.beta_schedule, **kw))}")
-    elif args.zoo_command == "train-classifier":
-        print(f"saved {train_classifier(TrainConfig(**kw))}")
+        path = train_denoiser(TrainConfig(beta_schedule=args.beta_schedule, **kw), args.stop_at)
+    else:
+        path = train_classifier(TrainConfig(**kw), args.stop_at)
+    print(f"saved {path}" if path else f"stopped at step {args.stop_at}; re-run without --stop-at to continue")
+
 
 
 def _certify_parser(sub: argparse._SubParsersAction) -> None:

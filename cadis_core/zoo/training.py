@@ -63,7 +63,8 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor
 
 
 def _train_loop(cfg: TrainConfig, model: torch.nn.Module, step_fn: Callable[[int, torch.Generator], torch.Tensor],
-                desc: str) -> AveragedModel:
+                desc: str, stop_at: int | None = None) -> AveragedModel | None:
+    """Train to cfg.steps (or checkpoint and return None at `stop_at`); returns the EMA model when finished."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
@@ -75,8 +76,7 @@ def _train_loop(cfg: TrainConfig, model: torch.nn.Module, step_fn: Callable[[int
         if state["config"] != json.loads(json.dumps(asdict(cfg))):
             raise CadisError(f"{out} holds a run with another configuration; use another --out or delete it.")
         start, elapsed = state["step"], state["elapsed_s"]
-        sched.last_epoch = start - 1
-        sched.step()
+        sched.last_epoch = start  # the optimizer state already holds the lr of step `start`
     log_path = out / "loss.csv"
     rows = []
     if log_path.exists():  # drop rows logged after the checkpoint we resume from
@@ -93,35 +93,40 @@ def _train_loop(cfg: TrainConfig, model: torch.nn.Module, step_fn: Callable[[int
 
     model.train()
     last_ckpt, t0, running = time.time(), time.time(), []
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=desc, unit="step")
-    with log_path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "elapsed_s"])
-        for step in bar:
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            loss = step_fn(step, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            ema.update_parameters(model)
-            running.append(loss.item())
-            if (step + 1) % 50 == 0 or step + 1 == cfg.steps:
-                elapsed += time.time() - t0
-                t0 = time.time()
-                mean = sum(running) / len(running)
-                running = []
-                w.writerow({"step": step + 1, "loss": f"{mean:.5f}", "lr": f"{sched.get_last_lr()[0]:.3e}",
-                            "elapsed_s": f"{elapsed:.1f}"})
-                f.flush()
-                bar.set_postfix(loss=f"{mean:.4f}")
-                if time.time() - last_ckpt > 60 * cfg.checkpoint_minutes:
-                    checkpoint(step + 1)
-                    last_ckpt = time.time()
-    elapsed += time.time() - t0
-    if start < cfg.steps:
-        checkpoint(cfg.steps)
-    return ema
+    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    done = start  # steps whose update is complete
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=desc, unit="step")
+    try:
+        with log_path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "elapsed_s"])
+            for step in bar:
+                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+                loss = step_fn(step, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                ema.update_parameters(model)
+                done = step + 1
+                running.append(loss.item())
+                if done % 50 == 0 or done == end:
+                    elapsed += time.time() - t0
+                    t0 = time.time()
+                    mean = sum(running) / len(running)
+                    running = []
+                    w.writerow({"step": done, "loss": f"{mean:.5f}", "lr": f"{sched.get_last_lr()[0]:.3e}",
+                                "elapsed_s": f"{elapsed:.1f}"})
+                    f.flush()
+                    bar.set_postfix(loss=f"{mean:.4f}")
+                    if time.time() - last_ckpt > 60 * cfg.checkpoint_minutes:
+                        checkpoint(done)
+                        last_ckpt = time.time()
+    finally:  # on Ctrl-C too: nothing computed is lost
+        elapsed += time.time() - t0
+        if done > start:
+            checkpoint(done)
+    return ema if done == cfg.steps else None
 
 
 def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -129,7 +134,7 @@ def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def train_denoiser(cfg: TrainConfig) -> Path:
+def train_denoiser(cfg: TrainConfig, stop_at: int | None = None) -> Path | None:
     """ε-prediction DDPM training; a share of timesteps is drawn from the σ range we certify at."""
     torch.manual_seed(cfg.seed)
     train = load_dataset("fashion-mnist", "train")
@@ -147,7 +152,9 @@ def train_denoiser(cfg: TrainConfig) -> Path:
         noise = torch.randn(x0.shape, generator=gen)
         return F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
 
-    ema = _train_loop(cfg, unet, step_fn, "train-denoiser")
+    ema = _train_loop(cfg, unet, step_fn, "train-denoiser", stop_at)
+    if ema is None:
+        return None
     DiffusionDenoiser(ema.module, scheduler).save_pretrained(cfg.export)
     _write_training_info(cfg, Path(cfg.export))
     return Path(cfg.export)
@@ -165,7 +172,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tenso
     return x.gather(3, cols)
 
 
-def train_classifier(cfg: TrainConfig) -> Path:
+def train_classifier(cfg: TrainConfig, stop_at: int | None = None) -> Path | None:
     """A small timm ViT trained on clean Fashion-MNIST only (crop + flip, label smoothing)."""
     torch.manual_seed(cfg.seed)
     train = load_dataset("fashion-mnist", "train")
@@ -178,7 +185,9 @@ def train_classifier(cfg: TrainConfig) -> Path:
         x = (_augment(train.images[idx], gen) - mean) / std
         return F.cross_entropy(model(x), train.labels[idx], label_smoothing=cfg.label_smoothing)
 
-    ema = _train_loop(cfg, model, step_fn, "train-classifier")
+    ema = _train_loop(cfg, model, step_fn, "train-classifier", stop_at)
+    if ema is None:
+        return None
     final = ema.module.eval()
     final.pretrained_cfg = model.pretrained_cfg
     timm.models.save_for_hf(final, cfg.export, safe_serialization=True,

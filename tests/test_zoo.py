@@ -1,0 +1,37 @@
+"""Zoo training resumes exactly, and the embedded architectures fit their FLOP budgets."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import load_file
+
+from cadis_core.zoo.architectures import count_flops, fmnist_unet, fmnist_vit
+from cadis_core.zoo.training import TrainConfig, batch_indices, train_classifier, warmup_cosine
+
+
+def _cfg(tmp_path, name):
+    return TrainConfig(out=str(tmp_path / name), export=str(tmp_path / f"{name}-export"), steps=6, batch_size=16,
+                       lr=1e-3, weight_decay=0.05, warmup=2, seed=3)
+
+
+def test_interrupted_and_resumed_training_equals_an_uninterrupted_run(tmp_path):
+    straight = train_classifier(_cfg(tmp_path, "a"))
+    assert train_classifier(_cfg(tmp_path, "b"), stop_at=4) is None  # checkpoints and stops at step 4
+    resumed = train_classifier(_cfg(tmp_path, "b"))
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [line.split(",")[0] for line in (tmp_path / "b" / "loss.csv").read_text().splitlines()[1:]]
+    assert steps == ["4", "6"]
+
+
+def test_data_order_and_schedule():
+    assert torch.equal(batch_indices(100, 10, 3, 0), batch_indices(100, 10, 3, 0))
+    epoch = torch.cat([batch_indices(100, 10, s, 0) for s in range(10)])
+    assert sorted(epoch.tolist()) == list(range(100))
+    assert warmup_cosine(0, 10, 100) == 0.1 and warmup_cosine(10, 10, 100) == 1.0 and warmup_cosine(100, 10, 100) < 1e-9
+
+
+def test_embedded_architectures_fit_the_flop_budgets():
+    x = torch.rand(1, 1, 28, 28)
+    assert count_flops(fmnist_unet(), x, torch.tensor([10])) <= 150e6
+    assert count_flops(fmnist_vit(), x) <= 100e6
