@@ -1,8 +1,9 @@
-"""`python -m cadis_core ...`: certify, analyze, and train the embedded default's models."""
+"""`python -m cadis_core ...`: certify, analyze, fine-tune (FT-CADIS), and train the embedded default's models."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import CadisError
@@ -72,7 +73,8 @@ def _certify_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--sigma", type=float, help="noise level in [0,1] pixel units (default: the preset's)")
     p.add_argument("--n0", type=int, help="draws to choose the class (default: the preset's, else 100)")
-    p.add_argument("--n", type=int, help="draws to estimate p_A (default: the preset's, else 10000)")
+    p.add_argument("--n", type=int,
+                   help="draws to estimate p_A (default: the preset's, else 10000)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
     p.add_argument("--batch-size", type=int, help="draws per forward pass")
     p.add_argument("--max", type=int, default=None, help="stop before this index")
@@ -101,7 +103,7 @@ def _run_certify(args: argparse.Namespace) -> None:
     from .data import load_dataset
     from .denoiser import DiffusionDenoiser
     from .presets import get_preset
-    from .runner import certify_dataset, select_indices
+    from .runner import certify_dataset, merge_shards, select_indices, shard_path
     from .smoothing import DenoisedSmoothing, check_parameters
 
     preset = get_preset(args.preset) if args.preset else None
@@ -120,6 +122,12 @@ def _run_certify(args: argparse.Namespace) -> None:
         assert len(shard) == 2
     except (ValueError, AssertionError):
         raise CadisError(f"--shard must look like I/K, e.g. 0/4 (got {args.shard!r}).") from None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # under torchrun each rank takes its shard; rank 0 merges at the end
+        shard = (int(os.environ["RANK"]), world)
+        args.shard = f"{shard[0]}/{shard[1]}"
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     dataset = load_dataset(dataset_name, args.split, args.data_root, args.download)
     indices = select_indices(len(dataset), args.skip, args.max, shard)
     if preset and not args.denoiser and not args.classifier:
@@ -133,15 +141,21 @@ def _run_certify(args: argparse.Namespace) -> None:
     classifier = load_classifier(classifier_spec, args.device)
     kwargs = {"steps": args.steps, "sampler": args.sampler} if args.mode == "multistep" else {}
     smooth = DenoisedSmoothing(denoiser, classifier, sigma, batch_size, args.mode, **kwargs)
-    out = Path(args.out)
-    if shard != (0, 1):
-        out = out.with_name(f"{out.stem}.shard{shard[0]}of{shard[1]}{out.suffix}")
+    out = shard_path(Path(args.out), shard)
     config = {"preset": args.preset, "denoiser": str(denoiser_spec), "classifier": str(classifier_spec),
               "dataset": dataset_name, "split": args.split, "sigma": sigma, "n0": n0, "n": n, "alpha": args.alpha,
               "seed": args.seed, "batch_size": batch_size, "mode": args.mode, "skip": args.skip, "max": args.max,
               "shard": args.shard, "label": args.label, "device": args.device,
               **({"steps": args.steps, "sampler": args.sampler} if args.mode == "multistep" else {})}
     certify_dataset(smooth, dataset, out, config, indices, n0, n, args.alpha, args.seed, args.fresh, args.device)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")  # only to wait for every shard before merging
+        dist.barrier()
+        if shard[0] == 0:
+            out = merge_shards(Path(args.out), world)
+        dist.destroy_process_group()
     print(f"wrote {out}")
 
 
@@ -182,13 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     _certify_parser(sub)
     _analyze_parser(sub)
     _zoo_parser(sub)
+    from .finetune import add_cli
+
+    add_cli(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--"]:  # `torchrun ... -m cadis_core -- certify ...` keeps torchrun's parser off our flags
+        argv = argv[1:]
     args = build_parser().parse_args(argv)
     try:
-        {"certify": _run_certify, "analyze": _run_analyze, "zoo": _run_zoo}[args.command](args)
+        from .finetune import run_cli
+
+        {"certify": _run_certify, "analyze": _run_analyze, "zoo": _run_zoo, "finetune": run_cli}[args.command](args)
     except CadisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -103,3 +103,23 @@ def certify_dataset(smooth: Smooth, dataset: ImageDataset, out: str | Path, conf
             f.flush()
             bar.set_postfix(samples_per_s=f"{(n0 + n) / elapsed:.0f}")
     return out
+
+
+def shard_path(out: Path, shard: tuple[int, int]) -> Path:
+    return out if shard == (0, 1) else out.with_name(f"{out.stem}.shard{shard[0]}of{shard[1]}{out.suffix}")
+
+
+def merge_shards(out: Path, num_shards: int) -> Path:
+    """Merge FILE.shard{i}of{K}.tsv into FILE.tsv (rows sorted by idx) with one sidecar for the whole run."""
+    parts = [shard_path(out, (i, num_shards)) for i in range(num_shards)]
+    missing = [str(p) for p in parts if not p.exists()]
+    if missing:
+        raise CadisError(f"Cannot merge: {', '.join(missing)} missing; run those shards first.")
+    rows = {}
+    for p in parts:
+        for line in p.read_text().splitlines()[1:]:
+            rows.setdefault(int(line.split("\t", 1)[0]), line)
+    out.write_text("\t".join(COLUMNS) + "\n" + "".join(rows[i] + "\n" for i in sorted(rows)))
+    config = json.loads(sidecar_path(parts[0]).read_text())
+    sidecar_path(out).write_text(json.dumps({**config, "shard": f"merged from {num_shards}"}, indent=2))
+    return out

@@ -120,3 +120,19 @@ def test_missing_inputs_give_one_line_errors_without_traceback(tiny_denoiser_dir
         assert r.returncode != 0
         assert message in r.stderr and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_torchrun_two_processes_shard_and_merge(tiny_denoiser_dir, tiny_classifier_dir, tmp_path):
+    out = tmp_path / "dist.tsv"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # "--" keeps torchrun's parser from reading our flags (it would take --n for its --nnodes).
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+           "-m", "cadis_core", "--", *_args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "7")]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    assert _rows(tmp_path / "dist.shard0of2.tsv")["idx"].tolist() == [0, 2, 4, 6]
+    assert _rows(tmp_path / "dist.shard1of2.tsv")["idx"].tolist() == [1, 3, 5]
+    merged = _rows(out)
+    ref = tmp_path / "single.tsv"
+    assert main(_args(tiny_denoiser_dir, tiny_classifier_dir, ref, "--max", "7")) == 0
+    cols = ["idx", "label", "predict", "radius", "count_a"]
+    pd.testing.assert_frame_equal(merged[cols], _rows(ref)[cols])

@@ -1,0 +1,299 @@
+"""FT-CADIS fine-tuning on tiny models: LoRA counts, saving, a short run, resuming, DDP and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import threading
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from cadis_core.classifier import load_classifier
+from cadis_core.data import ImageDataset, load_dataset
+from cadis_core.denoiser import DiffusionDenoiser
+from cadis_core.errors import CadisError
+from cadis_core.finetune import (
+    FinetuneConfig,
+    add_cli,
+    batch_loss,
+    finetune,
+    prepare_classifier,
+    run_cli,
+    wrap_distributed,
+)
+from cadis_core.lora import apply_lora, save_classifier, trainable_parameters
+from cadis_core.objective import FTCadisLoss, correct_draws, denoise_draws, draw_noise
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine extra threads only wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def lora_and_head_params(embed: int, depth: int, classes: int, r: int) -> int:
+    """LoRA on each block's qkv (embed -> 3·embed): A is r×embed, B is 3·embed×r; the head is a full Linear."""
+    return depth * r * (embed + 3 * embed) + embed * classes + classes
+
+
+def test_lora_trainable_fraction(tiny_classifier_dir):
+    clf = load_classifier(str(tiny_classifier_dir))
+    base_total = sum(p.numel() for p in clf.parameters())
+    apply_lora(clf, r=4, alpha=4)
+    expected = lora_and_head_params(embed=16, depth=2, classes=10, r=4)
+    assert expected == 2 * 4 * 64 + 170 == 682
+    # peft's total counts the frozen original head next to its trained copy
+    assert trainable_parameters(clf) == (expected, base_total + expected)
+    names = [n for n, p in clf.named_parameters() if p.requires_grad]
+    assert all("lora_" in n or "head.modules_to_save" in n for n in names)
+
+
+def test_lora_fraction_on_the_embedded_vit():
+    from cadis_core.classifier import ImageClassifier
+    from cadis_core.zoo.architectures import fmnist_vit
+
+    clf = ImageClassifier(fmnist_vit(10), (1, 28, 28), (0.286,), (0.353,)).requires_grad_(False)
+    base_total = sum(p.numel() for p in clf.parameters())
+    apply_lora(clf)
+    trained, total = trainable_parameters(clf)
+    assert trained == lora_and_head_params(embed=96, depth=6, classes=10, r=4) == 10186
+    assert total == base_total + trained
+    assert 0.01 < trained / total < 0.05
+
+
+@pytest.fixture(scope="module")
+def models(tiny_denoiser_dir, tiny_classifier_dir):
+    return DiffusionDenoiser.from_pretrained(tiny_denoiser_dir), load_classifier(str(tiny_classifier_dir))
+
+
+@pytest.fixture(scope="module")
+def data():
+    test = load_dataset("fashion-mnist", "test")
+    return (ImageDataset(test.images[:64], test.labels[:64], test.classes),
+            ImageDataset(test.images[64:128], test.labels[64:128], test.classes))
+
+
+def test_adapter_and_merged_saves_give_the_same_logits(models, tmp_path):
+    _, base = models
+    clf = prepare_classifier(FinetuneConfig(), base)
+    with torch.no_grad():  # make LoRA and the head non-trivial, as after training
+        for p in clf.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, untouched = clf.eval()(x), base(x)
+        assert not torch.allclose(want, untouched, atol=1e-3)
+        for fmt in ("adapter", "merged"):
+            loaded = load_classifier(str(save_classifier(clf, tmp_path / fmt, fmt)))
+            torch.testing.assert_close(loaded(x), want, rtol=1e-5, atol=1e-5)
+            assert loaded.classes == base.classes
+            assert loaded.mean.flatten().tolist() == base.mean.flatten().tolist()
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    with pytest.raises(CadisError, match="merged"):
+        FinetuneConfig(lora=False, save_as="adapter").validate()
+
+
+def config(out, **kw) -> FinetuneConfig:
+    values = dict(out=str(out), method="ft-cadis", sigma=0.25, steps=24, batch_size=16, lr=0.05, warmup=2,
+                  save_as="merged", eval_every=8, eval_size=32, checkpoint_minutes=0.0, seed=3)
+    return FinetuneConfig(**{**values, **kw})
+
+
+def run(cfg, models, data, **kw):
+    events = []
+    path = finetune(cfg, *models, *data, callback=events.append, **kw)
+    return path, events
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(models, data, tmp_path_factory):
+    cfg = config(tmp_path_factory.mktemp("run") / "out")
+    return cfg, *run(cfg, models, data)
+
+
+def fixed_batch_metrics(classifier, models, data) -> dict[str, float]:
+    train, _ = data
+    with torch.no_grad():
+        return FTCadisLoss("sce-only")(classifier, models[0], train.images, train.labels,
+                                       generator=torch.Generator().manual_seed(7))[1]
+
+
+def test_short_run_lowers_sce(uninterrupted, models, data):
+    cfg, path, events = uninterrupted
+    before = fixed_batch_metrics(models[1], models, data)
+    after = fixed_batch_metrics(load_classifier(str(path)), models, data)
+    assert after["loss_sce"] < before["loss_sce"] - 0.02
+    assert after["acc_denoised"] > before["acc_denoised"]
+
+
+def test_events_and_metric_files(uninterrupted):
+    cfg, path, events = uninterrupted
+    steps = [e for e in events if e["kind"] == "step"]
+    evals = [e for e in events if e["kind"] == "eval"]
+    assert [e["step"] for e in steps] == list(range(1, 25))
+    assert [e["step"] for e in evals] == [8, 16, 24]
+    assert events[-1] == {"kind": "done", "step": 24, "path": str(path)}
+    keys = {"loss", "loss_sce", "loss_madv", "selection_rate", "mask_rate", "acc_denoised", "lr", "images_per_s"}
+    assert keys <= set(steps[0])
+    assert all(0 <= e["test_acc_denoised"] <= 1 for e in evals)
+    out = path.parent
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in rows] == [e["kind"] for e in events[:-1]]
+    assert len((out / "metrics.csv").read_text().splitlines()) == len(rows) + 1
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["lr"] == cfg.lr and saved["trainable_params"] == 682
+    assert steps[0]["lr"] == pytest.approx(cfg.lr / cfg.warmup)  # warmup, step 0
+
+
+def test_resume_matches_an_uninterrupted_run(uninterrupted, models, data, tmp_path):
+    cfg, path, events = uninterrupted
+    stop = threading.Event()
+    resumed_cfg = config(tmp_path / "out")
+    first_events = []
+
+    def stop_at_10(event):
+        first_events.append(event)
+        if event["kind"] == "step" and event["step"] == 10:
+            stop.set()
+
+    stopped = finetune(resumed_cfg, *models, *data, callback=stop_at_10, stop_event=stop)
+    assert first_events[-1] == {"kind": "stopped", "step": 10, "path": str(stopped)}
+    assert json.loads((stopped / "state.json").read_text())["step"] == 10
+    # a crash after step 12 logged rows the resumed run must replace
+    with (tmp_path / "out" / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"kind": "step", "step": 12, "loss": -1.0}) + "\n")
+    final, second = run(resumed_cfg, models, data)
+    assert second[0]["step"] == 11
+    want = load_file(path / "model.safetensors")
+    got = load_file(final / "model.safetensors")
+    assert want.keys() == got.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+
+    def losses(out):
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [(r["kind"], r["step"], r.get("loss"), r.get("test_acc_denoised")) for r in rows]
+
+    assert losses(tmp_path / "out") == losses(path.parent)
+
+
+def test_config_mismatch_is_refused(uninterrupted, models, data):
+    cfg, path, _ = uninterrupted
+    with pytest.raises(CadisError, match="lr"):
+        finetune(config(cfg.out, lr=0.01), *models, *data)
+
+
+def test_method_none_evaluates_and_saves_the_classifier_unchanged(models, data, tmp_path):
+    path, events = run(config(tmp_path / "none", method="none", save_as="adapter"), models, data)
+    assert [(e["kind"], e["step"]) for e in events] == [("eval", 0), ("done", 0)]
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(load_classifier(str(path))(x), models[1](x), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- two processes
+
+
+def ddp_batch(models, data):
+    """8 images whose rank-0 half holds an image with every draw correct and whose rank-1 half holds none,
+    so the ranks also run different numbers of forward passes."""
+    den, clf = models
+    x, y = data[0].images, data[0].labels
+    noise = draw_noise(x, 4, torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        mask = correct_draws(clf(denoise_draws(den, x, noise, 0.25).flatten(0, 1)).view(64, 4, -1), y).all(1)
+    kept, rest = mask.nonzero().flatten(), (~mask).nonzero().flatten()
+    assert len(kept) >= 1 and len(rest) >= 7
+    idx = torch.cat([kept[:1], rest[:7]])
+    return x[idx], y[idx], noise[idx]
+
+
+def ddp_worker(rank: int, world: int, port: int, tmp: str, den_dir: str, clf_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    try:
+        den = DiffusionDenoiser.from_pretrained(den_dir)
+        clf = load_classifier(clf_dir)
+        batch = load_file(os.path.join(tmp, "batch.safetensors"))
+        cfg = config(os.path.join(tmp, "ddp"), steps=3, batch_size=8, eval_every=0, eval_size=16)
+        model = wrap_distributed(prepare_classifier(cfg, clf), torch.device("cpu")).train()
+        loss, metrics = batch_loss(cfg.loss(), model, den, batch["x"], batch["y"], batch["noise"])
+        loss.backward()
+        grads = {n: p.grad.contiguous() for n, p in model.module.named_parameters() if p.requires_grad}
+        grads["mask_rate"] = torch.tensor(metrics["mask_rate"])
+        grads["local_loss"] = loss.detach()
+        save_file(grads, os.path.join(tmp, f"grads{rank}.safetensors"))
+        data = load_dataset("fashion-mnist", "test")
+        train = ImageDataset(data.images[:64], data.labels[:64], data.classes)
+        test = ImageDataset(data.images[64:128], data.labels[64:128], data.classes)
+        finetune(cfg, den, clf, train, test)
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_match_one(models, data, tmp_path, tiny_denoiser_dir, tiny_classifier_dir):
+    x, y, noise = ddp_batch(models, data)
+    save_file({"x": x, "y": y, "noise": noise}, tmp_path / "batch.safetensors")
+    # fork, as DataLoader workers do: the children start with everything imported (one thread each)
+    mp.start_processes(ddp_worker, nprocs=2, start_method="fork",
+                       args=(2, free_port(), str(tmp_path), str(tiny_denoiser_dir), str(tiny_classifier_dir)))
+    # one process, the whole batch
+    cfg = config(tmp_path / "single", steps=3, batch_size=8, eval_every=0, eval_size=16)
+    clf = prepare_classifier(cfg, models[1]).train()
+    loss, metrics = batch_loss(cfg.loss(), clf, models[0], x, y, noise)
+    loss.backward()
+    assert metrics["mask_rate"] == 1 / 8 and metrics["loss_madv"] > 0
+    want = {n: p.grad for n, p in clf.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        halves = [cfg.loss()(clf, models[0], x[s], y[s], noise[s])[0].item() for s in (slice(0, 4), slice(4, 8))]
+    for rank in range(2):
+        got = load_file(tmp_path / f"grads{rank}.safetensors")
+        assert got.pop("local_loss").item() == pytest.approx(halves[rank], rel=1e-5)  # each rank took its half
+        assert got.pop("mask_rate").item() == pytest.approx(1 / 8)  # metrics are averaged over ranks
+        assert got.keys() == want.keys()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-6)
+    # the two-process training run agrees with a one-process one
+    single = finetune(cfg, *models, *data).parent
+    rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+            for d in (tmp_path / "ddp", single)]
+    assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [1, 2, 3, 3]
+    for a, b in zip(*rows):
+        for k in ("loss", "loss_sce", "selection_rate", "test_acc_denoised"):
+            if k in b:
+                assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6)
+    assert load_classifier(str(tmp_path / "ddp" / "model")).classes == models[1].classes
+
+
+def test_cli_finetunes_and_saves_an_adapter(tmp_path, tiny_denoiser_dir, tiny_classifier_dir, capsys):
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["finetune", "--denoiser", str(tiny_denoiser_dir), "--classifier",
+                              str(tiny_classifier_dir), "--method", "sce-only", "--steps", "2", "--batch-size", "8",
+                              "--subset", "16", "--eval-size", "8", "--out", str(tmp_path / "cli")])
+    run_cli(args)
+    assert f"saved {tmp_path / 'cli' / 'model'}" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "model" / "adapter_config.json").is_file()
+    loaded = load_classifier(str(tmp_path / "cli" / "model"))
+    assert loaded(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(CadisError, match="--preset or both"):
+        run_cli(parser.parse_args(["finetune", "--denoiser", str(tiny_denoiser_dir)]))
