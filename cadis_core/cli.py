@@ -190,11 +190,27 @@ def _run_analyze(args: argparse.Namespace) -> None:
         print(f"figure: {args.html}")
 
 
+def _results_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("results", help="the embedded benchmark: fine-tune, certify and tabulate (resumable)")
+    p.add_argument("--stage", default="all", choices=["all", "finetune", "certify", "report"])
+    p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps per run")
+    p.add_argument("--max", type=int, default=500, help="certify the first K test images")
+    p.add_argument("--n", type=int, default=1000, help="draws per certificate")
+    p.add_argument("--threads", type=int, default=0)
+
+
+def _run_results(args: argparse.Namespace) -> None:
+    from .results import run_all
+
+    print(run_all(args.stage, args.steps, args.max, args.n, args.threads))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cadis_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _certify_parser(sub)
     _analyze_parser(sub)
+    _results_parser(sub)
     _zoo_parser(sub)
     from .finetune import add_cli
 
@@ -210,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .finetune import run_cli
 
-        {"certify": _run_certify, "analyze": _run_analyze, "zoo": _run_zoo, "finetune": run_cli}[args.command](args)
+        {"certify": _run_certify, "analyze": _run_analyze, "zoo": _run_zoo, "finetune": run_cli,
+         "results": _run_results}[args.command](args)
     except CadisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
