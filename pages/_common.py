@@ -1,0 +1,180 @@
+"""Streamlit plumbing shared by the pages: cached models, the model choice, the image picker, error display.
+
+Pages stay thin views; everything that is not Streamlit lives in cadis_core (ui_support, analysis, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+from cadis_core.classifier import load_classifier
+from cadis_core.data import load_dataset
+from cadis_core.errors import CadisError
+from cadis_core.presets import Preset
+from cadis_core.ui_support import (
+    IMAGE_TYPES,
+    ModelBundle,
+    finetuned_models,
+    image_from_bytes,
+    load_bundle,
+    model_source,
+    pick_indices,
+)
+
+if os.environ.get("CADIS_TORCH_THREADS"):  # e.g. 1 when other jobs keep the cores busy (oversubscription is slow)
+    torch.set_num_threads(int(os.environ["CADIS_TORCH_THREADS"]))
+
+OFF_THE_SHELF = "off-the-shelf"
+Image = tuple[str, torch.Tensor, int | None]  # (name, C×H×W tensor, label or None)
+
+
+@st.cache_resource(show_spinner="Loading the denoiser and classifier …", max_entries=3)
+def _bundle(preset: str, denoiser: str, classifier: str) -> ModelBundle:
+    # Cached per process: every session shares one copy of the models (and its lock).
+    return load_bundle(model_source(preset, denoiser, classifier))
+
+
+@st.cache_resource(show_spinner="Loading the fine-tuned classifier …", max_entries=4)
+def _finetuned(path: str, mtime: float) -> torch.nn.Module:
+    # mtime in the key: a run saved again into the same directory is reloaded.
+    return load_classifier(path)
+
+
+@st.cache_resource(show_spinner="Loading the training split …", max_entries=2)
+def train_split(dataset: str):
+    return load_dataset(dataset, "train")
+
+
+def route_through_app() -> None:
+    """Call first on every page. When a deep link (e.g. /certification) is the server's first request, Streamlit
+    runs the pages/ folder as an old-style multipage app without app.py (no page config, every file listed in the
+    sidebar) until some session runs app.py. Then run app.py here (its st.navigation switches the server over for
+    good and runs this page inside it) and stop the outer run. No rerun, so a pending click is not lost."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+    except ImportError:  # a Streamlit without these internals: nothing to fix
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False  # st.navigation does the same; no second detour
+        ctx = get_script_run_ctx()
+        runpy.run_path(ctx.main_script_path if ctx else str(Path(__file__).parent.parent / "app.py"),
+                       run_name="__main__")
+        st.stop()
+
+
+def current_source() -> Preset:
+    """The models this session uses: chosen on the Models page, else $CADIS_PRESET/$CADIS_DENOISER/…."""
+    choice = st.session_state.get("model_choice")
+    return model_source(*choice) if choice else model_source()
+
+
+def bundle() -> ModelBundle:
+    """The session's models, or an error box and a stopped page."""
+    try:
+        p = current_source()
+        return _bundle(p.name, p.denoiser, p.classifier)
+    except CadisError as e:
+        st.error(str(e))
+        st.page_link("pages/models.py", label="Choose other models on the Models page", icon=":material/extension:")
+        st.stop()
+
+
+def load_bundle_for(preset: str, denoiser: str, classifier: str) -> ModelBundle:
+    return _bundle(preset, denoiser, classifier)
+
+
+def finetuned_choices() -> dict[str, Path]:
+    return finetuned_models()
+
+
+def finetuned_classifier(path: Path) -> torch.nn.Module:
+    return _finetuned(str(path), path.stat().st_mtime)
+
+
+@contextmanager
+def errors_shown() -> Iterator[None]:
+    """Show a CadisError as st.error instead of a traceback."""
+    try:
+        yield
+    except CadisError as e:
+        st.error(str(e))
+
+
+def parse_indices(text: str) -> list[int]:
+    """'0, 5, 10-12' → [0, 5, 10, 11, 12]; a CadisError for anything else."""
+    out = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                a, b = (int(v) for v in part.split("-", 1))
+                out += list(range(a, min(b, a + 64) + 1))  # capped: the count check below reports the rest
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise CadisError(f"{part!r} is not an index or a range like 10-15; write e.g. 0, 5, 10-12.") from None
+    if len(out) > 64:
+        raise CadisError("More than 64 images selected; pick at most 64.")
+    return out
+
+
+def image_picker(b: ModelBundle, key: str, default_count: int = 8) -> list[Image] | None:
+    """Images by index, by class, at random, or by upload. Returns None (with an error shown) on bad input."""
+    ds, classes = b.dataset, b.classes
+    how = st.radio("Images", ["By index", "By class", "At random", "Upload"], horizontal=True, key=f"{key}_how")
+    try:
+        if how == "Upload":
+            return _uploads(b, key)
+        if how == "By index":
+            text = st.text_input("Test-set indices", ", ".join(map(str, range(default_count))), key=f"{key}_idx",
+                                 help=f"0 … {len(ds) - 1}; ranges like 10-15 work.")
+            idx = pick_indices(ds.labels, "index", indices=parse_indices(text))
+        else:
+            c1, c2, c3 = st.columns(3)
+            class_id = None
+            if how == "By class":
+                class_id = c1.selectbox("Class", range(len(classes)), format_func=lambda i: classes[i],
+                                        key=f"{key}_class")
+            count = c2.slider("Number of images", 1, 32, default_count, key=f"{key}_count")
+            seed = c3.number_input("Seed", 0, 10**6, 0, key=f"{key}_pick_seed", help="Another seed, another pick.")
+            idx = pick_indices(ds.labels, "class" if how == "By class" else "random", class_id=class_id,
+                               count=count, seed=int(seed))
+    except CadisError as e:
+        st.error(str(e))
+        return None
+    return [(f"#{i}", ds.images[i], int(ds.labels[i])) for i in idx]
+
+
+def _uploads(b: ModelBundle, key: str) -> list[Image] | None:
+    files = st.file_uploader("Upload images", type=IMAGE_TYPES, accept_multiple_files=True, key=f"{key}_files",
+                             help="Any size or colour mode up to 20 MB / 4096 px: converted to the model's "
+                                  f"{'grayscale' if b.input_shape[0] == 1 else 'RGB'} "
+                                  f"{b.input_shape[1]}×{b.input_shape[2]} input.")
+    c1, c2 = st.columns(2)
+    invert = c1.radio("Invert colours", ["auto", "no", "yes"], horizontal=True, key=f"{key}_invert",
+                      help="auto inverts grayscale uploads with a bright border: Fashion-MNIST objects are "
+                           "light on a dark background.")
+    label_opts = [-1, *range(len(b.classes))]
+    label = c2.selectbox("True class of the uploads", label_opts, key=f"{key}_label",
+                         format_func=lambda i: "unknown (use the majority vote)" if i < 0 else b.classes[i])
+    if not files:
+        st.info("Upload one or more images (PNG, JPEG, …).")
+        return None
+    images = []
+    for f in files:  # a bad file gets its error; the good ones still go through
+        try:
+            x = image_from_bytes(f.getvalue(), b.input_shape, f.name, {"auto": None, "no": False, "yes": True}[invert])
+            images.append((f.name, x, None if label < 0 else label))
+        except CadisError as e:
+            st.error(str(e))
+    return images or None

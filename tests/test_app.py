@@ -1,0 +1,456 @@
+"""The Streamlit app (AppTest, every page and its main controls) and the pure helpers in cadis_core.ui_support.
+
+Models: $CADIS_TEST_MODELS = `preset` (assets/models), `tiny` (random tiny models from conftest) or a directory
+holding fmnist-ddpm/ and fmnist-vit/; by default the preset when its assets exist, else the tiny models.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import norm
+
+from cadis_core.classifier import load_classifier
+from cadis_core.errors import CadisError
+from cadis_core.presets import get_preset
+from cadis_core.smoothing import lower_confidence_bound
+from cadis_core.ui_support import (
+    MAX_UPLOAD_BYTES,
+    auroc,
+    certify_one,
+    check_run_parameters,
+    finetuned_models,
+    image_from_bytes,
+    load_bundle,
+    model_source,
+    pick_indices,
+    roc_curve,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+PAGES = ["overview", "hallucinations", "finetuning", "certification", "models"]
+MODEL_VARS = ("CADIS_PRESET", "CADIS_DENOISER", "CADIS_CLASSIFIER", "CADIS_RUNS_DIR")
+
+
+def model_env(request) -> dict[str, str]:
+    """Environment that points the apps at the test models (empty: the preset itself)."""
+    choice = os.environ.get("CADIS_TEST_MODELS", "auto")
+    if choice in ("auto", "preset"):
+        try:
+            get_preset("fashion-mnist").check_available()
+            return {}
+        except CadisError:
+            if choice == "preset":
+                raise
+    if choice not in ("auto", "tiny"):
+        return {"CADIS_DENOISER": str(Path(choice) / "fmnist-ddpm"),
+                "CADIS_CLASSIFIER": f"local-dir:{Path(choice) / 'fmnist-vit'}"}
+    return {"CADIS_DENOISER": str(request.getfixturevalue("tiny_denoiser_dir")),
+            "CADIS_CLASSIFIER": f"local-dir:{request.getfixturevalue('tiny_classifier_dir')}"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def app_env(request, tmp_path_factory):
+    """Test models, a private runs directory, and one torch thread (tiny work; busy CI cores)."""
+    saved = {k: os.environ.get(k) for k in MODEL_VARS}
+    threads = torch.get_num_threads()
+    env = {"CADIS_RUNS_DIR": str(tmp_path_factory.mktemp("runs")), **model_env(request)}
+    os.environ.update(env)
+    torch.set_num_threads(int(os.environ.get("CADIS_TEST_THREADS", "1")))
+    yield env
+    torch.set_num_threads(threads)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle(model_source())
+
+
+def app_at(page: str | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    if page:
+        at.switch_page(f"pages/{page}.py").run()
+    return at
+
+
+def assert_clean(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def png(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, fmt)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- pages
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders(page):
+    at = app_at(page)
+    assert_clean(at)
+    assert at.title, f"{page} shows no title"
+    if page == "overview":
+        assert len(at.image) == 3 and at.metric[0].label == "Prediction"
+        assert "fashion-mnist" in at.dataframe[0].value.to_string()
+    if page == "models":
+        presets = at.dataframe[0].value
+        assert {"fashion-mnist", "cifar10"} <= set(presets["preset"])
+
+
+def test_overview_another_image_changes_the_strip():
+    at = app_at()
+    first = at.image[0].captions
+    torch.manual_seed(3)
+    at.button(key="ov_next").click().run()
+    assert_clean(at)
+    assert at.number_input(key="ov_index").value != 0
+    assert at.image[0].captions != first
+
+
+def test_hallucination_grid(bundle):
+    at = app_at("hallucinations")
+    at.text_input(key="hal_idx").set_value("0-2, 7")
+    at.slider(key="hal_draws").set_value(4)
+    at.number_input(key="hal_sigma").set_value(0.5)
+    at.button(key="hal_run").click().run()
+    assert_clean(at)
+    results = at.session_state["hal_results"]["results"]
+    assert [r.name for r in results] == ["#0", "#1", "#2", "#7"]
+    kept_hall = [c.value for c in at.caption if c.value.startswith("off-the-shelf: kept")]
+    assert len(kept_hall) == 4
+    for r, cap in zip(results, kept_hall):
+        s = r.scores["off-the-shelf"]
+        assert r.label == int(bundle.dataset.labels[int(r.name[1:])])
+        assert s["hallucinated"] == [p != r.label for p in s["top1"]]  # hallucinated = prediction ≠ label
+        kept, hallucinated = s["hallucinated"].count(False), s["hallucinated"].count(True)
+        assert cap == f"off-the-shelf: kept {kept}, hallucinated {hallucinated}"
+    # 4 clean images, then one picture per draw, each captioned with class and confidence
+    draws = [c for img in at.image if img.captions != ["clean"] for c in img.captions]
+    assert len(draws) == 16 and all(any(c.startswith(k) for k in bundle.classes) and c.endswith("%") for c in draws)
+    assert len(at.get("plotly_chart")) == 3  # per-class rates, histograms, ROC
+    summary = at.dataframe[0].value
+    rate = np.mean([h for r in results for h in r.scores["off-the-shelf"]["hallucinated"]])
+    assert summary.loc["off-the-shelf", "hallucination rate"] == pytest.approx(rate)
+
+
+@pytest.mark.parametrize("text, message", [("0, x", "'x' is not an index"), ("0-100000000", "at most 64"),
+                                           ("5, 99999", "outside the test set")])
+def test_bad_indices_show_an_error(text, message):
+    at = app_at("hallucinations")
+    at.text_input(key="hal_idx").set_value(text).run()
+    assert not at.exception
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="hal_run").disabled
+
+
+def test_hallucinations_by_class_and_at_random(bundle):
+    at = app_at("hallucinations")
+    at.radio(key="hal_how").set_value("By class").run()
+    at.selectbox(key="hal_class").set_value(5)
+    at.slider(key="hal_count").set_value(3)
+    at.slider(key="hal_draws").set_value(2)
+    at.button(key="hal_run").click().run()
+    assert_clean(at)
+    assert [r.label for r in at.session_state["hal_results"]["results"]] == [5, 5, 5]
+    at.radio(key="hal_how").set_value("At random").run()
+    at.number_input(key="hal_seed").set_value(0)
+    at.button(key="hal_run").click().run()
+    assert_clean(at)
+    assert len(at.session_state["hal_results"]["results"]) == 3
+
+
+def test_hallucinations_multistep():
+    at = app_at("hallucinations")
+    at.text_input(key="hal_idx").set_value("4")
+    at.slider(key="hal_draws").set_value(2)
+    at.radio(key="hal_mode").set_value("multistep").run()
+    at.slider(key="hal_steps").set_value(3)
+    at.button(key="hal_run").click().run()
+    assert_clean(at)
+    state = at.session_state["hal_results"]
+    assert state["mode"] == "multistep" and len(state["results"][0].scores["off-the-shelf"]["top1"]) == 2
+    assert any(c.value.startswith("σ = 0.25, multistep, 2 draws") for c in at.caption)
+
+
+def test_hallucination_upload_without_label_uses_majority_vote():
+    at = app_at("hallucinations")
+    at.radio(key="hal_how").set_value("Upload").run()
+    rng = np.random.default_rng(0)
+    at.file_uploader(key="hal_files").upload("shirt.png", png((rng.random((40, 30, 3)) * 255).astype(np.uint8)),
+                                             "image/png").run()
+    at.slider(key="hal_draws").set_value(6)
+    at.button(key="hal_run").click().run()
+    assert_clean(at)
+    (r,) = at.session_state["hal_results"]["results"]
+    s = r.scores["off-the-shelf"]
+    majority = int(np.bincount(s["top1"], minlength=10).argmax())
+    assert r.label is None and s["reference"] == majority
+    assert sum(s["hallucinated"]) == 6 - s["top1"].count(majority)
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("notes.png", b"these are not pixels", "not an image"),
+    ("cut.png", png(np.zeros((64, 64), np.uint8))[:60], "corrupt or truncated"),
+    ("huge.png", b"\x89PNG" + b"\0" * (MAX_UPLOAD_BYTES + 1), "limit is 20 MB"),
+    ("wide.png", png(np.zeros((2, 5000), np.uint8)), "4096 pixels"),
+])
+def test_bad_upload_shows_an_error(name, data, message):
+    at = app_at("certification")
+    at.radio(key="cert_how").set_value("Upload").run()
+    at.file_uploader(key="cert_files").upload(name, data, "image/png").run()
+    assert not at.exception
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="cert_run").disabled  # nothing valid to certify
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("cert_sigma", 0.0, "sigma must be > 0"),
+    ("cert_sigma", -0.5, "sigma must be > 0"),
+    ("cert_alpha", 0.5, "alpha must be in (0, 0.5)"),
+    ("cert_n", 5, "must be at least N0"),
+])
+def test_bad_parameters_show_an_error(key, value, message):
+    at = app_at("certification")
+    at.text_input(key="cert_idx").set_value("0")
+    at.number_input(key="cert_n0").set_value(10)
+    at.number_input(key="cert_n").set_value(20)
+    at.number_input(key=key).set_value(value)
+    at.button(key="cert_run").click().run()
+    assert not at.exception
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+    assert "cert_last" not in at.session_state
+
+
+def test_certification_small_n(bundle, app_env):
+    # A shipped-style result file so the accuracy-vs-radius section has a second run to compare.
+    runs = Path(app_env["CADIS_RUNS_DIR"])
+    pd.DataFrame({"idx": [0, 1, 2, 3], "label": [1, 2, 3, 4], "predict": [1, 2, -1, 0],
+                  "radius": [0.3, 0.6, 0.0, 0.2]}).to_csv(runs / "demo_s025.tsv", sep="\t", index=False)
+    at = app_at("certification")
+    at.text_input(key="cert_idx").set_value("3, 5")
+    at.number_input(key="cert_n0").set_value(10)
+    at.number_input(key="cert_n").set_value(60)
+    at.number_input(key="cert_sigma").set_value(0.25)
+    at.button(key="cert_run").click().run()
+    assert_clean(at)
+    assert at.get("progress")[0].proto.text.startswith("done: 2 images")
+    table = at.dataframe[0].value
+    assert list(table["image"]) == ["#3", "#5"] and (table["n"] == 60).all()
+    for _, row in table.iterrows():
+        p = lower_confidence_bound(int(row["count_A"]), 60, 0.001)
+        assert row["p_A (lower)"] == pytest.approx(p, abs=1e-4)
+        if row["prediction"] == "abstain":
+            assert p < 0.5 and row["radius"] == 0
+        else:
+            assert row["radius"] == pytest.approx(0.25 * norm.ppf(p), abs=1e-3)
+            assert row["prediction"] == row["top counts"].split(":")[0]
+    assert at.image[0].captions[0].startswith("#3 ") and "R = " in at.image[0].captions[1]
+    assert len(at.get("plotly_chart")) == 2  # radii bars, accuracy vs radius
+    runs_offered = at.multiselect(key="cert_runs").options
+    assert "demo_s025" in runs_offered and any(o.startswith("this session σ=0.25 (2 images)") for o in runs_offered)
+    acr = at.dataframe[1].value
+    assert acr.loc["demo_s025", "ACR"] == pytest.approx((0.3 + 0.6) / 4)
+    assert acr.loc["demo_s025", "abstain"] == pytest.approx(0.25)
+
+
+def test_finetuning_live_run_then_compare(bundle):
+    at = app_at("finetuning")
+    for key, value in dict(ft_steps=4, ft_batch=4, ft_subset=8, ft_m=2, ft_t=1, ft_eval=2, ft_eval_size=8).items():
+        at.number_input(key=key).set_value(value)
+    at.selectbox(key="ft_data").set_value(at.selectbox(key="ft_data").options[-1])  # the small demo split
+    at.button[0].click().run()  # the form's Start
+    assert_clean(at)
+    seen_progress, deadline = [], time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        seen_progress += [p.proto.text for p in at.get("progress")]
+        if at.success or at.error:
+            break
+    assert_clean(at)
+    assert at.success, "the run did not finish in time"
+    assert any(t.startswith("done: step 4 / 4") for t in seen_progress)
+    assert at.get("plotly_chart"), "no live curves"
+    assert {m.label for m in at.metric} >= {"loss_sce", "selection_rate", "mask_rate", "acc_denoised"}
+    assert at.button(key="ft_stop").disabled  # nothing left to stop
+    found = finetuned_models()
+    (name,) = [n for n in found if n in at.success[0].value]
+    assert load_classifier(str(found[name])).num_classes == 10
+
+    at.switch_page("pages/hallucinations.py").run()
+    assert at.selectbox(key="hal_tuned").value == name  # the newest run is preselected
+    at.text_input(key="hal_idx").set_value("0, 1")
+    at.slider(key="hal_draws").set_value(3)
+    at.button(key="hal_run").click().run()
+    assert_clean(at)
+    (r0, r1) = at.session_state["hal_results"]["results"]
+    assert list(r0.scores) == ["off-the-shelf", f"fine-tuned: {name}"]
+    assert len(at.get("plotly_chart")) == 3 and len(at.metric) == 2
+
+
+def test_finetuning_stop(bundle):
+    at = app_at("finetuning")
+    for key, value in dict(ft_steps=500, ft_batch=4, ft_subset=8, ft_m=1, ft_t=1, ft_eval=0, ft_eval_size=0).items():
+        at.number_input(key=key).set_value(value)
+    at.selectbox(key="ft_data").set_value(at.selectbox(key="ft_data").options[-1])
+    at.button[0].click().run()
+    assert not at.button(key="ft_stop").disabled
+    at.button(key="ft_stop").click().run()
+    deadline = time.time() + 60
+    while time.time() < deadline and not at.warning:
+        time.sleep(0.3)
+        at.run()
+    assert any("Stopped" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert at.button(key="ft_stop").disabled
+    assert (Path(at.warning[0].value.split("checkpoint in ")[1].split(". ")[0]) / "state.json").is_file()
+
+
+def test_models_page_rejects_a_missing_directory_and_keeps_the_models():
+    at = app_at("models")
+    at.text_input(key="models_denoiser").set_value("/nonexistent/ddpm")
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("/nonexistent/ddpm does not exist" in e.value for e in at.error)
+    assert "model_choice" not in at.session_state
+    at.switch_page("pages/overview.py").run()
+    assert_clean(at)
+
+
+def test_missing_models_give_an_error_on_every_page(monkeypatch):
+    monkeypatch.setenv("CADIS_DENOISER", "/nonexistent/fmnist-ddpm")
+    for page in PAGES:
+        at = app_at(page)
+        assert not at.exception, (page, [e.value for e in at.exception])
+        if page != "models":  # the Models page needs no models: it is where one picks others
+            assert any("/nonexistent/fmnist-ddpm does not exist" in e.value for e in at.error), page
+
+
+# ---------------------------------------------------------------- ui_support
+
+
+@pytest.mark.parametrize("mode, shape", [("L", (50, 70)), ("RGB", (600, 400, 3)), ("RGBA", (28, 28, 4)),
+                                         ("I;16", (30, 30)), ("P", (20, 40)), ("1", (33, 33))])
+def test_uploads_of_any_mode_and_size_become_model_inputs(mode, shape):
+    rng = np.random.default_rng(1)
+    arr = (rng.random(shape) * (65535 if mode == "I;16" else 255)).astype(np.uint16 if mode == "I;16" else np.uint8)
+    img = Image.fromarray(arr).convert(mode) if mode in ("P", "1") else Image.fromarray(arr)
+    assert img.mode == mode
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    for target in [(1, 28, 28), (3, 32, 32)]:
+        x = image_from_bytes(buf.getvalue(), target)
+        assert x.shape == target and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+
+
+def test_upload_conversion_keeps_content():
+    # A bright square on black stays bright; on white, auto-invert makes the background dark like Fashion-MNIST.
+    dark = np.zeros((56, 56), np.uint8)
+    dark[14:42, 14:42] = 255
+    x = image_from_bytes(png(dark), (1, 28, 28))
+    assert x[0, 14, 14] > 0.9 and x[0, 1, 1] < 0.05
+    y = image_from_bytes(png(255 - dark), (1, 28, 28))
+    assert torch.allclose(x, y, atol=1e-6)
+    assert image_from_bytes(png(255 - dark), (1, 28, 28), invert=False)[0, 1, 1] > 0.95
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 255, 0  # fully transparent red: black after compositing
+    assert image_from_bytes(png(rgba), (3, 28, 28)).max() == 0
+    wide = image_from_bytes(png(np.full((10, 40), 255, np.uint8)), (1, 28, 28), invert=False)  # padded, centred
+    assert wide[0, 0].max() == 0 and wide[0, 14].min() > 0.9
+
+
+def test_float_and_16_bit_uploads_are_rescaled():
+    for img, expected in [(Image.new("F", (28, 28), 0.5), 0.5), (Image.new("F", (28, 28), 127.5), 0.5),
+                          (Image.fromarray(np.full((28, 28), 32768, np.uint16)), 0.5)]:
+        buf = io.BytesIO()
+        img.save(buf, "TIFF")
+        assert float(image_from_bytes(buf.getvalue(), (1, 28, 28), invert=False).mean()) == pytest.approx(expected,
+                                                                                                           abs=0.01)
+
+
+def test_ui_support_imports_no_ui_library():
+    code = "import sys, cadis_core.ui_support; print(sorted({'streamlit', 'gradio'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty"),
+    (png(np.zeros((64, 64), np.uint8), fmt="JPEG")[:200], "corrupt or truncated"),
+    (b"%PDF-1.4 hello", "not an image"),
+])
+def test_upload_errors(data, message):
+    with pytest.raises(CadisError, match=message):
+        image_from_bytes(data, (1, 28, 28))
+
+
+def test_run_parameter_checks():
+    check_run_parameters(sigma=0.25, alpha=0.001, n0=100, n=100)
+    for kwargs, message in [({"sigma": 0}, "sigma"), ({"alpha": 0}, "alpha"), ({"alpha": 0.5}, "alpha"),
+                            ({"n0": 100, "n": 99}, "at least N0"), ({"draws": 0}, "draws")]:
+        with pytest.raises(CadisError, match=message):
+            check_run_parameters(**kwargs)
+
+
+def test_roc_and_auroc_match_the_rank_statistic():
+    assert auroc([3, 2, 1, 0], [1, 1, 0, 0]) == 1.0
+    assert auroc([0, 1, 2, 3], [1, 1, 0, 0]) == 0.0
+    assert auroc([1, 1, 1, 1], [1, 0, 1, 0]) == 0.5  # ties count half
+    assert np.isnan(auroc([0.1, 0.2], [0, 0]))
+    rng = np.random.default_rng(0)
+    s, y = rng.normal(size=300).round(1), rng.random(300) < 0.3
+    pos, neg = s[y], s[~y]
+    mann_whitney = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+    assert auroc(s, y) == pytest.approx(mann_whitney)
+    fpr, tpr, thr = roc_curve(s, y)
+    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1 and np.all(np.diff(fpr) >= 0) and np.all(np.diff(thr) < 0)
+
+
+def test_pick_indices():
+    labels = torch.tensor([0, 1, 0, 2, 0])
+    assert pick_indices(labels, "index", indices=[4, 0, 4]) == [4, 0]
+    assert sorted(pick_indices(labels, "class", class_id=0, count=10)) == [0, 2, 4]
+    assert len(set(pick_indices(labels, "random", count=3, seed=1))) == 3
+    with pytest.raises(CadisError, match="outside"):
+        pick_indices(labels, "index", indices=[5])
+
+
+def test_two_sessions_certifying_at_once_queue_on_the_lock(bundle):
+    x = bundle.dataset.images[0]
+    waited, results = [], []
+
+    def session(name: str) -> None:
+        results.append(certify_one(bundle, x, 0.25, 10, 40, 0.001, on_wait=lambda: waited.append(name))[0])
+
+    with bundle.lock:  # the first session is busy; the second must wait, not fail
+        t = threading.Thread(target=session, args=("second",))
+        t.start()
+        time.sleep(0.3)
+        assert t.is_alive() and waited == ["second"]
+    t.join(60)
+    session("third")
+    assert waited == ["second"] and len(results) == 2
+    assert results[0].prediction == results[1].prediction and results[0].count_a == results[1].count_a

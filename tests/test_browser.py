@@ -1,0 +1,183 @@
+"""A real browser (Debian's chromium through playwright) against `streamlit run app.py`.
+
+Visits every page, runs the hallucination grid and a certification, checks that the results are on screen,
+and saves screenshots in test-artifacts/. Models as in test_app.py ($CADIS_TEST_MODELS).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from cadis_core.errors import CadisError
+from cadis_core.presets import get_preset
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 90_000
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="needs Debian's chromium (apt-get install chromium)")
+
+
+def model_env(request) -> dict[str, str]:
+    choice = os.environ.get("CADIS_TEST_MODELS", "auto")
+    if choice in ("auto", "preset"):
+        try:
+            get_preset("fashion-mnist").check_available()
+            return {}
+        except CadisError:
+            if choice == "preset":
+                raise
+    if choice not in ("auto", "tiny"):
+        return {"CADIS_DENOISER": str(Path(choice) / "fmnist-ddpm"),
+                "CADIS_CLASSIFIER": f"local-dir:{Path(choice) / 'fmnist-vit'}"}
+    return {"CADIS_DENOISER": str(request.getfixturevalue("tiny_denoiser_dir")),
+            "CADIS_CLASSIFIER": f"local-dir:{request.getfixturevalue('tiny_classifier_dir')}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(request, tmp_path_factory):
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CADIS_RUNS_DIR": str(tmp_path_factory.mktemp("runs")),
+           "CADIS_TORCH_THREADS": os.environ.get("CADIS_TEST_THREADS", "1"), **model_env(request)}
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
+                                 f"--server.port={port}", "--server.address=127.0.0.1",
+                                 "--browser.gatherUsageStats=false", "--server.fileWatcherType=none"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        pg = browser.new_page(viewport={"width": 1500, "height": 2600})
+        pg.set_default_timeout(TIMEOUT_MS)
+        yield pg
+        browser.close()
+
+
+def settle(page) -> None:
+    """Wait until the script run is over (Streamlit shows a status widget while it runs)."""
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=TIMEOUT_MS)
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator('[data-testid="stException"]') \
+        .first.inner_text()
+
+
+def visit(page, server: str, path: str, marker: str) -> None:
+    page.goto(f"{server}/{path}")
+    page.get_by_text(marker).first.wait_for()
+    settle(page)
+
+
+PAGES = [("", "cadis: provable robustness"), ("hallucinations", "Why denoisers hallucinate"),
+         ("finetuning", "FT-CADIS fine-tuning"), ("certification", "Certified radii"), ("models", "Presets")]
+
+
+def sidebar_titles(page) -> list[str]:
+    return [t.strip().splitlines()[-1] for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
+
+
+def test_a_deep_link_as_first_request_still_uses_the_app_navigation(page, server):
+    # Runs first (file order) on a fresh server: Streamlit would otherwise list pages/*.py without app.py.
+    visit(page, server, "models", "Presets")
+    page.wait_for_timeout(500)
+    assert sidebar_titles(page) == ["Overview", "Hallucinations", "Fine-tuning", "Certification", "Models"]
+
+
+@pytest.mark.parametrize("path, marker", PAGES)
+def test_every_page_renders(page, server, path, marker):
+    visit(page, server, path, marker)
+    assert sidebar_titles(page) == ["Overview", "Hallucinations", "Fine-tuning", "Certification", "Models"]
+    if path == "":
+        page.locator('[data-testid="stImage"] img').nth(2).wait_for()  # clean, noisy, denoised
+    page.screenshot(path=ARTIFACTS / f"page-{path or 'overview'}.png", full_page=True)
+
+
+def test_hallucination_grid_in_the_browser(page, server):
+    visit(page, server, "hallucinations", "Why denoisers hallucinate")
+    page.get_by_label("Test-set indices", exact=True).fill("0-3")
+    page.get_by_label("Test-set indices", exact=True).press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Denoise and classify").click()
+    page.get_by_text("Hallucination rate per class").wait_for()
+    settle(page)
+    page.screenshot(path=ARTIFACTS / "hallucination-grid.png", full_page=True)
+    page.locator('[data-testid="stPlotlyChart"]').nth(2).wait_for()
+    expect(page.get_by_text("off-the-shelf: kept")).to_have_count(4)  # one line per image
+    expect(page.locator('[data-testid="stImage"] img')).to_have_count(4 + 32)  # 4 clean + 4 × 8 draws
+    expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(3)
+
+
+def test_certification_in_the_browser(page, server):
+    visit(page, server, "certification", "Certified radii")
+    for label, value in [("Test-set indices", "0, 1"), ("N0 (selection draws)", "10"), ("N (estimation draws)", "50")]:
+        page.get_by_label(label, exact=True).fill(value)
+        page.get_by_label(label, exact=True).press("Enter")
+        settle(page)
+    page.get_by_role("button", name="Certify").click()
+    page.get_by_text("done: 2 images").wait_for()
+    settle(page)
+    page.screenshot(path=ARTIFACTS / "certification.png", full_page=True)
+    expect(page.get_by_text("R = ")).to_have_count(2)  # both images captioned with their radius
+    expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(2)  # certificates, ACR table
+    expect(page.get_by_text("this session σ=0.25 (2 images)").first).to_be_visible()  # joins the comparison
+
+
+def test_finetuning_curves_update_live(page, server):
+    # AppTest cannot run st.fragment(run_every=...): here the page must update itself with no further input.
+    visit(page, server, "finetuning", "FT-CADIS fine-tuning")
+    for label, value in [("Steps", "8"), ("Batch size", "4"), ("Subset (images, 0 = all)", "8"),
+                         ("M (draws per image)", "1"), ("T (attack steps)", "1"),
+                         ("Evaluate every (steps, 0 = at the end)", "4"), ("Test images per evaluation", "8")]:
+        page.get_by_label(label, exact=True).fill(value)
+        page.get_by_label(label, exact=True).press("Tab")
+    page.get_by_role("button", name="Start").click()
+    page.get_by_text("Saved to").wait_for()  # no click after Start: the fragment polled its way here
+    settle(page)
+    page.screenshot(path=ARTIFACTS / "finetuning-done.png", full_page=True)
+    expect(page.get_by_text("done: step 8 / 8")).to_have_count(1)
+    expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(1, timeout=15_000)  # stale copies go
