@@ -24,9 +24,11 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from .classifier import ImageClassifier, load_classifier
+from .data import ASSETS
 from .errors import CadisError
 
 ADAPTER_META = "cadis_adapter.json"
+PROJECT_ROOT = ASSETS.parent
 SAVE_FORMATS = ("adapter", "merged")
 
 
@@ -110,6 +112,10 @@ def save_adapter(classifier: ImageClassifier, directory: str | os.PathLike) -> P
     directory.mkdir(parents=True, exist_ok=True)
     classifier.model.save_pretrained(directory)
     meta = {"base_classifier": _portable_spec(classifier.spec, directory), "classes": classifier.classes}
+    base_path = Path(classifier.spec.removeprefix("local-dir:")).resolve()
+    if base_path.is_dir() and base_path.is_relative_to(PROJECT_ROOT):
+        # Also relative to the project, so an adapter copied elsewhere in it (e.g. into assets/) still loads.
+        meta["base_classifier_in_project"] = _portable_spec(classifier.spec, PROJECT_ROOT)
     (directory / ADAPTER_META).write_text(json.dumps(meta, indent=2))
     return directory
 
@@ -143,11 +149,15 @@ def save_classifier(classifier: ImageClassifier, directory: str | os.PathLike, s
     return (save_adapter if save_as == "adapter" else save_merged)(classifier, directory)
 
 
-def _resolve_base(spec: str, directory: Path) -> str:
+def _resolve_base(meta: dict, directory: Path) -> str:
+    """The base spec, trying it relative to the adapter, then relative to the project."""
+    spec = meta["base_classifier"]
     prefix = "local-dir:" if spec.startswith("local-dir:") else ""
-    path = Path(spec.removeprefix("local-dir:"))
-    if not path.is_absolute() and (directory / path).is_dir():
-        return prefix + str((directory / path).resolve())
+    candidates = [(directory, spec), (PROJECT_ROOT, meta.get("base_classifier_in_project", spec))]
+    for root, candidate in candidates:
+        path = Path(candidate.removeprefix("local-dir:"))
+        if not path.is_absolute() and (root / path).is_dir():
+            return prefix + str((root / path).resolve())
     return spec
 
 
@@ -161,7 +171,7 @@ def load_adapter_classifier(path: str | os.PathLike, merge: bool = True) -> Imag
         raise CadisError(f"{directory} has a peft adapter but no {ADAPTER_META} naming its base classifier; "
                          "it was not saved by cadis.")
     meta = json.loads(meta_path.read_text())
-    base = load_classifier(_resolve_base(meta["base_classifier"], directory))
+    base = load_classifier(_resolve_base(meta, directory))
     try:
         model = PeftModel.from_pretrained(base.model, directory)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
