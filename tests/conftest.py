@@ -14,6 +14,26 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def model_env(request) -> dict[str, str]:
+    """Environment that points the apps at the test models (empty: the preset itself)."""
+    from cadis_core.errors import CadisError  # imported late: HF_HUB_OFFLINE must be set first
+    from cadis_core.presets import get_preset
+
+    choice = os.environ.get("CADIS_TEST_MODELS", "auto")
+    if choice in ("auto", "preset"):
+        try:
+            get_preset("fashion-mnist").check_available()
+            return {}
+        except CadisError:
+            if choice == "preset":
+                raise
+    if choice not in ("auto", "tiny"):
+        return {"CADIS_DENOISER": str(Path(choice) / "fmnist-ddpm"),
+                "CADIS_CLASSIFIER": f"local-dir:{Path(choice) / 'fmnist-vit'}"}
+    return {"CADIS_DENOISER": str(request.getfixturevalue("tiny_denoiser_dir")),
+            "CADIS_CLASSIFIER": f"local-dir:{request.getfixturevalue('tiny_classifier_dir')}"}
+
+
 def make_tiny_unet(channels: int = 1, size: int = 28):
     from diffusers import UNet2DModel
 

@@ -23,7 +23,6 @@ from scipy.stats import norm
 
 from cadis_core.classifier import load_classifier
 from cadis_core.errors import CadisError
-from cadis_core.presets import get_preset
 from cadis_core.smoothing import lower_confidence_bound
 from cadis_core.ui_support import (
     MAX_UPLOAD_BYTES,
@@ -38,27 +37,12 @@ from cadis_core.ui_support import (
     roc_curve,
 )
 
+from conftest import model_env
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 PAGES = ["overview", "hallucinations", "finetuning", "certification", "models"]
 MODEL_VARS = ("CADIS_PRESET", "CADIS_DENOISER", "CADIS_CLASSIFIER", "CADIS_RUNS_DIR")
-
-
-def model_env(request) -> dict[str, str]:
-    """Environment that points the apps at the test models (empty: the preset itself)."""
-    choice = os.environ.get("CADIS_TEST_MODELS", "auto")
-    if choice in ("auto", "preset"):
-        try:
-            get_preset("fashion-mnist").check_available()
-            return {}
-        except CadisError:
-            if choice == "preset":
-                raise
-    if choice not in ("auto", "tiny"):
-        return {"CADIS_DENOISER": str(Path(choice) / "fmnist-ddpm"),
-                "CADIS_CLASSIFIER": f"local-dir:{Path(choice) / 'fmnist-vit'}"}
-    return {"CADIS_DENOISER": str(request.getfixturevalue("tiny_denoiser_dir")),
-            "CADIS_CLASSIFIER": f"local-dir:{request.getfixturevalue('tiny_classifier_dir')}"}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from cadis_core.errors import CadisError
-from cadis_core.presets import get_preset
+from conftest import model_env
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -29,22 +28,6 @@ TIMEOUT_MS = 90_000
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="needs Debian's chromium (apt-get install chromium)")
-
-
-def model_env(request) -> dict[str, str]:
-    choice = os.environ.get("CADIS_TEST_MODELS", "auto")
-    if choice in ("auto", "preset"):
-        try:
-            get_preset("fashion-mnist").check_available()
-            return {}
-        except CadisError:
-            if choice == "preset":
-                raise
-    if choice not in ("auto", "tiny"):
-        return {"CADIS_DENOISER": str(Path(choice) / "fmnist-ddpm"),
-                "CADIS_CLASSIFIER": f"local-dir:{Path(choice) / 'fmnist-vit'}"}
-    return {"CADIS_DENOISER": str(request.getfixturevalue("tiny_denoiser_dir")),
-            "CADIS_CLASSIFIER": f"local-dir:{request.getfixturevalue('tiny_classifier_dir')}"}
 
 
 def free_port() -> int:

@@ -16,28 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cadis_core.errors import CadisError
-from cadis_core.presets import get_preset
+from conftest import model_env
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_VARS = ("CADIS_PRESET", "CADIS_DENOISER", "CADIS_CLASSIFIER")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:.*:pandas.errors.Pandas4Warning")
-
-
-def model_env(request) -> dict[str, str]:
-    choice = os.environ.get("CADIS_TEST_MODELS", "auto")
-    if choice in ("auto", "preset"):
-        try:
-            get_preset("fashion-mnist").check_available()
-            return {}
-        except CadisError:
-            if choice == "preset":
-                raise
-    if choice not in ("auto", "tiny"):
-        return {"CADIS_DENOISER": str(Path(choice) / "fmnist-ddpm"),
-                "CADIS_CLASSIFIER": f"local-dir:{Path(choice) / 'fmnist-vit'}"}
-    return {"CADIS_DENOISER": str(request.getfixturevalue("tiny_denoiser_dir")),
-            "CADIS_CLASSIFIER": f"local-dir:{request.getfixturevalue('tiny_classifier_dir')}"}
 
 
 @pytest.fixture(scope="module")
