@@ -7,7 +7,7 @@ The smoothed classifier is g(x) = argmax_c P[f(x + δ) = c], δ ~ N(0, σ²I).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ class Certificate:
     count_a: int
     n: int
     p_a_lower: float
+    counts: np.ndarray = field(repr=False, compare=False, default=None)  # class counts of the n estimation draws
 
 
 @dataclass
@@ -74,8 +75,8 @@ class Smooth:
         n_a = int(counts_estimation[c_a])
         p_a = lower_confidence_bound(n_a, n, alpha)
         if p_a < 0.5:
-            return Certificate(ABSTAIN, 0.0, n_a, n, p_a)
-        return Certificate(c_a, self.sigma * float(norm.ppf(p_a)), n_a, n, p_a)
+            return Certificate(ABSTAIN, 0.0, n_a, n, p_a, counts_estimation)
+        return Certificate(c_a, self.sigma * float(norm.ppf(p_a)), n_a, n, p_a, counts_estimation)
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, seed: int = 0) -> Prediction:
         """With probability at least 1 - α, the returned class (if not -1) is g(x)."""

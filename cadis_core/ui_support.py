@@ -378,13 +378,6 @@ def certify_one(bundle: ModelBundle, x: torch.Tensor, sigma: float, n0: int, n: 
     check_run_parameters(sigma=sigma, alpha=alpha, n0=n0, n=n)
     smooth = bundle.smoothing(sigma, mode, steps, batch_size)
     total, done = n0 + n, 0
-    counts: list[np.ndarray] = []
-    sample_counts = smooth.sample_counts
-
-    def counting(x_, num, gen, prog=None):  # keep the estimation counts, which certify does not return
-        c = sample_counts(x_, num, gen, prog)
-        counts.append(c)
-        return c
 
     def step(b: int) -> None:
         nonlocal done
@@ -392,7 +385,6 @@ def certify_one(bundle: ModelBundle, x: torch.Tensor, sigma: float, n0: int, n: 
         if progress is not None:
             progress(done, total)
 
-    smooth.sample_counts = counting
     if not bundle.lock.acquire(blocking=False):
         if on_wait is not None:
             on_wait()
@@ -401,7 +393,7 @@ def certify_one(bundle: ModelBundle, x: torch.Tensor, sigma: float, n0: int, n: 
         cert = smooth.certify(x, n0, n, alpha, seed=seed, progress=step)
     finally:
         bundle.lock.release()
-    return cert, counts[-1]
+    return cert, cert.counts
 
 
 def top_counts(counts: np.ndarray, classes: list[str], k: int = 3) -> dict[str, int]:
