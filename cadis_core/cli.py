@@ -13,7 +13,7 @@ def _zoo_parser(sub: argparse._SubParsersAction) -> None:
     zoo = sub.add_parser("zoo", help="train and document the embedded default's models")
     zsub = zoo.add_subparsers(dest="zoo_command", required=True)
     for name, steps, bs, lr, wd, warm in [("train-denoiser", 10000, 64, 1e-3, 0.0, 200),
-                                         ("train-classifier", 9000, 128, 2e-3, 0.05, 450)]:
+                                         ("train-classifier", 12000, 128, 2e-3, 0.05, 600)]:
         p = zsub.add_parser(name, help=f"resumable training ({name})")
         kind = name.split("-")[1]
         p.add_argument("--out", default=f"runs/zoo/{kind}", help="checkpoints and loss log (resumes if present)")
@@ -86,8 +86,29 @@ def _certify_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label", help="name of this run in analyze's tables (default: the file name)")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    _acceleration_args(p)
+    p.add_argument("--adaptive", action="store_true",
+                   help="stop sampling an image once the outcome is decided (sound at level alpha; docs/adaptive.md)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="adaptive: stop when the radius is this close to the full budget's best (default sigma/10)")
+    p.add_argument("--radii", default="",
+                   help="adaptive: comma-separated radii of interest; stop once no more of them can be crossed")
     p.add_argument("--out", required=True, help="result TSV (a sidecar .json gets the configuration)")
     p.add_argument("--fresh", action="store_true", help="overwrite an existing result file")
+
+
+def _acceleration_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision of the base classifier (auto: bf16 on GPUs, fp32 on CPUs)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the denoiser and classifier (cached)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+
+
+def _acceleration(args: argparse.Namespace):
+    from .acceleration import Acceleration, default_acceleration
+
+    precision = default_acceleration(args.device).precision if args.precision == "auto" else args.precision
+    return Acceleration(precision, args.channels_last, args.compile)
 
 
 def _cuda() -> bool:
@@ -99,6 +120,7 @@ def _cuda() -> bool:
 def _run_certify(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from .adaptive import certify_adaptive
     from .classifier import load_classifier
     from .data import load_dataset
     from .denoiser import DiffusionDenoiser
@@ -132,22 +154,32 @@ def _run_certify(args: argparse.Namespace) -> None:
     indices = select_indices(len(dataset), args.skip, args.max, shard)
     if preset and not args.denoiser and not args.classifier:
         preset.check_available()
-    dtype = None
-    if args.device.startswith("cuda"):
-        import torch
-
-        dtype = torch.bfloat16
-    denoiser = DiffusionDenoiser.from_pretrained(denoiser_spec, args.device, dtype)
+    try:
+        radii = [float(r) for r in args.radii.split(",") if r.strip()]
+    except ValueError:
+        raise CadisError(f"--radii must be comma-separated numbers, e.g. 0.25,0.5 (got {args.radii!r}).") from None
+    acceleration = _acceleration(args)
+    denoiser = DiffusionDenoiser.from_pretrained(denoiser_spec, args.device)
     classifier = load_classifier(classifier_spec, args.device)
     kwargs = {"steps": args.steps, "sampler": args.sampler} if args.mode == "multistep" else {}
-    smooth = DenoisedSmoothing(denoiser, classifier, sigma, batch_size, args.mode, **kwargs)
+    smooth = DenoisedSmoothing(denoiser, classifier, sigma, batch_size, args.mode, acceleration, **kwargs)
+    certify = None
+    adaptive = None
+    if args.adaptive:
+        tolerance = sigma / 10 if args.tolerance is None else args.tolerance
+        adaptive = {"tolerance": tolerance, "radii": radii, "first_look": 100}
+
+        def certify(x, seed):
+            return certify_adaptive(smooth, x, n0, n, args.alpha, seed, **adaptive)
     out = shard_path(Path(args.out), shard)
     config = {"preset": args.preset, "denoiser": str(denoiser_spec), "classifier": str(classifier_spec),
               "dataset": dataset_name, "split": args.split, "sigma": sigma, "n0": n0, "n": n, "alpha": args.alpha,
               "seed": args.seed, "batch_size": batch_size, "mode": args.mode, "skip": args.skip, "max": args.max,
               "shard": args.shard, "label": args.label, "device": args.device,
+              "acceleration": acceleration.describe(), "adaptive": adaptive,
               **({"steps": args.steps, "sampler": args.sampler} if args.mode == "multistep" else {})}
-    certify_dataset(smooth, dataset, out, config, indices, n0, n, args.alpha, args.seed, args.fresh, args.device)
+    certify_dataset(smooth, dataset, out, config, indices, n0, n, args.alpha, args.seed, args.fresh, args.device,
+                    certify)
     if world > 1:
         import torch.distributed as dist
 
@@ -197,12 +229,15 @@ def _results_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max", type=int, default=500, help="certify the first K test images")
     p.add_argument("--n", type=int, default=1000, help="draws per certificate")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision for certification")
+    p.add_argument("--compile", action="store_true", help="torch.compile for fine-tuning and certification")
 
 
 def _run_results(args: argparse.Namespace) -> None:
     from .results import run_all
 
-    print(run_all(args.stage, args.steps, args.max, args.n, args.threads))
+    print(run_all(args.stage, args.steps, args.max, args.n, args.threads, args.precision, args.compile))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,6 @@ scale the noisy image by sqrt(ᾱ_t*) so it looks like x_t, and predict x̂0 fro
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -29,25 +28,18 @@ def timestep_for_sigma(alphas_cumprod: torch.Tensor, sigma: float) -> int:
     return int(above[0])
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
-
-
 class DiffusionDenoiser(torch.nn.Module):
     """A diffusers `UNet2DModel` (ε-prediction) and its scheduler, used as a Gaussian denoiser."""
 
-    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, autocast_dtype: torch.dtype | None = None):
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler):
         super().__init__()
         self.unet = unet.eval().requires_grad_(False)
         self.scheduler = scheduler
-        self.autocast_dtype = autocast_dtype
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
-                        autocast_dtype: torch.dtype | None = None) -> DiffusionDenoiser:
+    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device = "cpu"
+                        ) -> DiffusionDenoiser:
         """Load from a hub id or a local directory, flat (config.json + scheduler_config.json)
         or pipeline layout (unet/ + scheduler/)."""
         path = Path(name_or_path)
@@ -71,7 +63,7 @@ class DiffusionDenoiser(torch.nn.Module):
             raise CadisError(f"Could not load a diffusion denoiser from {name_or_path}: "
                              f"{str(e).splitlines()[0]}. Check the path, or go online for hub ids "
                              "(unset HF_HUB_OFFLINE).") from e
-        return cls(unet, scheduler, autocast_dtype).to(device)
+        return cls(unet, scheduler).to(device)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Save in diffusers' pipeline layout, loadable by `DDPMPipeline.from_pretrained` too."""
@@ -86,8 +78,7 @@ class DiffusionDenoiser(torch.nn.Module):
 
     def predict_noise(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
         ts = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-        with _autocast(x_t.device, self.autocast_dtype):
-            return self.unet(x_t, ts).sample.float()
+        return self.unet(x_t, ts).sample.float()  # float: callers may run the UNet under autocast
 
     def forward(self, x_noisy: torch.Tensor, sigma: float, mode: str = "one-shot",
                 steps: int = 10, sampler: str = "ddpm", generator: torch.Generator | None = None) -> torch.Tensor:

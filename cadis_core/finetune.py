@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .acceleration import Acceleration
 from .checkpoint import load_checkpoint, save_checkpoint
 from .classifier import ImageClassifier
 from .data import ImageDataset
@@ -42,7 +43,7 @@ from .zoo.training import batch_indices, warmup_cosine
 
 STEP_FIELDS = ["loss", "loss_sce", "loss_madv", "selection_rate", "mask_rate", "acc_denoised", "warm_start_rate"]
 CSV_FIELDS = ["kind", "step", *STEP_FIELDS, "lr", "images_per_s", "test_acc_denoised", "elapsed_s"]
-_NOT_COMPARED = {"out", "checkpoint_minutes"}  # may change between a run and its resumption
+_NOT_COMPARED = {"out", "checkpoint_minutes", "compile"}  # may change between a run and its resumption
 
 
 @dataclass
@@ -73,6 +74,8 @@ class FinetuneConfig:
     checkpoint_minutes: float = 3.0
     eval_every: int | None = None  # steps between test evaluations; None: once per epoch; 0: at the end only
     eval_size: int = 500  # test images evaluated (one fixed noise draw each)
+    precision: str = "fp32"  # or "bf16": autocast for the loss (a win on GPUs; slower on small CPU models)
+    compile: bool = False  # torch.compile the classifier (about 1.2x on the embedded CPU model, after compiling)
 
     def validate(self) -> None:
         check_method(self.method)
@@ -84,6 +87,7 @@ class FinetuneConfig:
             raise CadisError("Full fine-tuning cannot be saved as a LoRA adapter; use --save-as merged.")
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
             raise CadisError("steps must be >= 0, batch_size >= 1 and lr > 0.")
+        Acceleration(self.precision)  # checks the name
         if self.subset is not None and self.subset < self.batch_size:
             raise CadisError(f"subset ({self.subset}) must hold at least one batch ({self.batch_size}).")
 
@@ -323,7 +327,10 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
     device = ddp_device or _device_of(classifier)
     denoiser = denoiser.to(device).eval()
     clf = prepare_classifier(cfg, classifier).to(device)
+    if cfg.compile:
+        clf.compile()  # in place: parameter names, and so checkpoints and adapters, are unchanged
     model = wrap_distributed(clf, device)
+    autocast = Acceleration(cfg.precision).autocast
     n_trained, n_total = trainable_parameters(clf)
     opt = make_optimizer(cfg, clf)
     trained = _TrainedState(clf)
@@ -386,7 +393,8 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
         noise = draw_noise(x, cfg.num_draws, torch.Generator().manual_seed(seed))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)  # dropout and the like repeat on resume
-            loss, metrics = batch_loss(loss_fn, model, denoiser, x, y, noise)
+            with autocast(device):
+                loss, metrics = batch_loss(loss_fn, model, denoiser, x, y, noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
         if cfg.grad_clip:
@@ -465,6 +473,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=int, help="steps between test evaluations (default: every epoch)")
     p.add_argument("--eval-size", type=int, default=d.eval_size)
     p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes)
+    p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of the loss (bf16 pays on GPUs)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the classifier")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available); torchrun picks per process")
 
@@ -498,7 +509,8 @@ def run_cli(args: argparse.Namespace) -> None:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr or (FinetuneConfig.lr if lora else 1e-4),
         weight_decay=args.weight_decay, warmup=args.warmup, layer_decay=args.layer_decay, subset=args.subset,
         seed=args.seed, save_as=args.save_as or ("adapter" if lora else "merged"),
-        checkpoint_minutes=args.checkpoint_minutes, eval_every=args.eval_every, eval_size=args.eval_size)
+        checkpoint_minutes=args.checkpoint_minutes, eval_every=args.eval_every, eval_size=args.eval_size,
+        precision=args.precision, compile=args.compile)
     config = FinetuneConfig(**values)
     config.validate()
     train, test = load_dataset(dataset, "train"), load_dataset(dataset, "test")

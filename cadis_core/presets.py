@@ -46,10 +46,9 @@ class Preset:
                     raise CadisError(f"Preset {self.name!r} needs hub model {repo}, which is not cached and "
                                      "HF_HUB_OFFLINE=1. Go online once (unset HF_HUB_OFFLINE) to download it.") from e
 
-    def load_models(self, device: str | torch.device = "cpu",
-                    autocast_dtype: torch.dtype | None = None) -> tuple[DiffusionDenoiser, ImageClassifier]:
+    def load_models(self, device: str | torch.device = "cpu") -> tuple[DiffusionDenoiser, ImageClassifier]:
         self.check_available()
-        return (DiffusionDenoiser.from_pretrained(self.denoiser, device, autocast_dtype),
+        return (DiffusionDenoiser.from_pretrained(self.denoiser, device),
                 load_classifier(self.classifier, device))
 
     def load_dataset(self, split: str = "test") -> ImageDataset:

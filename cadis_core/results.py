@@ -11,8 +11,10 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import torch
 
+from .acceleration import Acceleration
 from .analysis import DEFAULT_RADII, certified_accuracy_figure, merge_results, summary_table
 from .classifier import load_classifier
 from .data import ASSETS
@@ -27,10 +29,10 @@ METHODS = ("none", "denoised-ce", "ft-cadis")
 SIGMAS = (0.25, 0.5)
 
 
-def finetune_config(method: str, sigma: float, steps: int, runs: Path) -> FinetuneConfig:
+def finetune_config(method: str, sigma: float, steps: int, runs: Path, compile: bool = False) -> FinetuneConfig:
     return FinetuneConfig(out=str(runs / f"fashion-mnist-{method}-s{sigma:g}"), method=method, sigma=sigma,
                           steps=steps, batch_size=32, lr=1e-3, warmup=50, eval_every=max(1, steps // 5),
-                          eval_size=500, save_as="adapter", seed=0)
+                          eval_size=500, save_as="adapter", seed=0, compile=compile)
 
 
 def classifier_spec(method: str, sigma: float) -> str:
@@ -38,7 +40,8 @@ def classifier_spec(method: str, sigma: float) -> str:
     return preset.classifier if method == "none" else str(FINETUNED / f"{method}-s{sigma:g}")
 
 
-def run_finetuning(methods=METHODS, sigmas=SIGMAS, steps: int = 1000, runs: Path = Path("runs/finetune")) -> None:
+def run_finetuning(methods=METHODS, sigmas=SIGMAS, steps: int = 1000, runs: Path = Path("runs/finetune"),
+                   compile: bool = False) -> None:
     preset = get_preset("fashion-mnist")
     denoiser, classifier = preset.load_models()
     train, test = preset.load_dataset("train"), preset.load_dataset("test")
@@ -47,24 +50,28 @@ def run_finetuning(methods=METHODS, sigmas=SIGMAS, steps: int = 1000, runs: Path
             target = Path(classifier_spec(method, sigma))
             if method == "none" or (target / "cadis_adapter.json").exists():
                 continue
-            model_dir = finetune(finetune_config(method, sigma, steps, runs), denoiser, classifier, train, test)
+            model_dir = finetune(finetune_config(method, sigma, steps, runs, compile), denoiser, classifier,
+                                 train, test)
             shutil.copytree(model_dir, target, dirs_exist_ok=True)
             shutil.copy(Path(model_dir).parent / "metrics.csv", target / "metrics.csv")
 
 
 def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0: int = 100, n: int = 1000,
-                      alpha: float = 0.001, batch_size: int = 550, seed: int = 0) -> None:
+                      alpha: float = 0.001, batch_size: int = 550, seed: int = 0,
+                      acceleration: Acceleration | None = None) -> None:
+    acceleration = acceleration or Acceleration()
     preset = get_preset("fashion-mnist")
     denoiser, _ = preset.load_models()
     test = preset.load_dataset("test")
     for sigma in sigmas:
         for method in methods:
             spec = classifier_spec(method, sigma)
-            smooth = DenoisedSmoothing(denoiser, load_classifier(spec), sigma, batch_size)
+            smooth = DenoisedSmoothing(denoiser, load_classifier(spec), sigma, batch_size, acceleration=acceleration)
             config = {"preset": preset.name, "denoiser": preset.denoiser, "classifier": spec,
                       "dataset": preset.dataset, "split": "test", "sigma": sigma, "n0": n0, "n": n, "alpha": alpha,
                       "seed": seed, "batch_size": batch_size, "mode": "one-shot", "skip": 1, "max": max_images,
-                      "method": method, "label": f"{method} σ={sigma:g}"}
+                      "method": method, "label": f"{method} σ={sigma:g}", "acceleration": acceleration.describe(),
+                      "adaptive": None}
             if method != "none":  # the fine-tuning configuration travels with the results
                 config["finetune"] = json.loads((Path(spec) / "finetune.json").read_text())
             certify_dataset(smooth, test, RESULTS / f"{method}_s{sigma:g}.tsv", config,
@@ -80,6 +87,10 @@ def write_report(radii=DEFAULT_RADII) -> str:
     table = summary_table(results, radii)
     table.to_csv(RESULTS / "summary.csv")
     markdown = table.to_markdown(floatfmt=".3f")
+    cost = finetuning_cost()
+    if cost is not None:
+        cost.to_csv(RESULTS / "finetune_cost.csv")
+        markdown += "\n\nFine-tuning cost\n\n" + cost.to_markdown(floatfmt=".1f")
     (RESULTS / "summary.md").write_text(markdown + "\n")
     for sigma in SIGMAS:
         subset = {k: v for k, v in results.items() if v.attrs["config"].get("sigma") == sigma}
@@ -89,11 +100,28 @@ def write_report(radii=DEFAULT_RADII) -> str:
     return markdown
 
 
-def run_all(stage: str = "all", steps: int = 1000, max_images: int = 500, n: int = 1000, threads: int = 0) -> str:
+def finetuning_cost() -> pd.DataFrame | None:
+    """Steps, images/s and wall time of each shipped fine-tuning run, from its metrics log."""
+    rows = {}
+    for metrics in sorted(FINETUNED.glob("*/metrics.csv")):
+        df = pd.read_csv(metrics)
+        steps = df[df["kind"] == "step"]
+        info = json.loads((metrics.parent / "finetune.json").read_text())
+        rows[metrics.parent.name] = {"steps": int(steps["step"].max()),
+                                     "batch": info["config"]["batch_size"],
+                                     "images/s": steps["images_per_s"].median(),
+                                     "total minutes": df["elapsed_s"].dropna().max() / 60,
+                                     "trainable %": 100 * info["trainable_fraction"]}
+    return pd.DataFrame.from_dict(rows, orient="index") if rows else None
+
+
+def run_all(stage: str = "all", steps: int = 1000, max_images: int = 500, n: int = 1000, threads: int = 0,
+            precision: str = "fp32", compile: bool = False) -> str:
+    """Every stage; `precision`/`compile` speed up certification (and `compile` fine-tuning)."""
     if threads:
         torch.set_num_threads(threads)
     if stage in ("all", "finetune"):
-        run_finetuning(steps=steps)
+        run_finetuning(steps=steps, compile=compile)
     if stage in ("all", "certify"):
-        run_certification(max_images=max_images, n=n)
+        run_certification(max_images=max_images, n=n, acceleration=Acceleration(precision, compile=compile))
     return write_report()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,12 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset
 from .errors import CadisError
-from .smoothing import Smooth
+from .smoothing import Certificate, Smooth
 
 COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "count_a", "n", "p_a_lower", "sigma", "alpha"]
 # Keys that change the rows; anything else (shard, versions, timestamps) may differ between runs of one file.
 IDENTITY_KEYS = ["denoiser", "classifier", "dataset", "split", "sigma", "n0", "n", "alpha", "seed", "batch_size",
-                 "mode", "steps", "sampler", "skip", "method"]
+                 "mode", "steps", "sampler", "skip", "method", "acceleration", "adaptive"]
 
 
 def select_indices(size: int, skip: int = 1, max_index: int | None = None,
@@ -84,8 +85,12 @@ def prepare_output(out: Path, config: dict[str, Any], fresh: bool) -> set[int]:
 
 def certify_dataset(smooth: Smooth, dataset: ImageDataset, out: str | Path, config: dict[str, Any],
                     indices: list[int], n0: int, n: int, alpha: float, seed: int = 0,
-                    fresh: bool = False, device: str | torch.device = "cpu") -> Path:
-    """CERTIFY each selected image and append one flushed row per image to `out`."""
+                    fresh: bool = False, device: str | torch.device = "cpu",
+                    certify: Callable[[torch.Tensor, int], Certificate] | None = None) -> Path:
+    """CERTIFY each selected image and append one flushed row per image to `out`.
+    `certify(x, seed)` replaces the fixed-budget CERTIFY, e.g. with the adaptive one; `n` is then
+    the number of estimation draws each image used."""
+    certify = certify or (lambda x, s: smooth.certify(x, n0, n, alpha, seed=s))
     out = Path(out)
     done = prepare_output(out, config, fresh)
     todo = [i for i in indices if i not in done]
@@ -95,13 +100,13 @@ def certify_dataset(smooth: Smooth, dataset: ImageDataset, out: str | Path, conf
         for idx in bar:
             x, label = dataset[idx]
             start = time.time()
-            cert = smooth.certify(x.to(device), n0, n, alpha, seed=seed * 1_000_003 + idx)
+            cert = certify(x.to(device), seed * 1_000_003 + idx)
             elapsed = time.time() - start
             row = [idx, label, cert.prediction, f"{cert.radius:.4f}", int(cert.prediction == label),
                    f"{elapsed:.3f}", cert.count_a, cert.n, f"{cert.p_a_lower:.6f}", smooth.sigma, alpha]
             f.write("\t".join(map(str, row)) + "\n")
             f.flush()
-            bar.set_postfix(samples_per_s=f"{(n0 + n) / elapsed:.0f}")
+            bar.set_postfix(samples_per_s=f"{(n0 + cert.n) / elapsed:.0f}")
     return out
 
 

@@ -11,16 +11,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.stats import binomtest, norm
+from scipy.stats import beta, binomtest, norm
 
+from .acceleration import Acceleration
 from .errors import CadisError
 
 ABSTAIN = -1
 
 
 def lower_confidence_bound(k: int, n: int, alpha: float) -> float:
-    """One-sided (1 - α) Clopper-Pearson lower bound on p from k successes in n trials."""
-    return float(binomtest(k, n).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").low)
+    """One-sided (1 - α) Clopper-Pearson lower bound on p from k successes in n trials:
+    the α quantile of Beta(k, n - k + 1)."""
+    return 0.0 if k == 0 else float(beta.ppf(alpha, k, n - k + 1))
 
 
 def check_parameters(sigma: float | None = None, alpha: float | None = None,
@@ -55,12 +57,16 @@ class Prediction:
 
 
 class Smooth:
-    """A smoothed classifier around `base`, which maps a batch of noisy images to logits."""
+    """A smoothed classifier around `base`, which maps a batch of noisy images to logits.
+    `acceleration` picks the precision and compilation `base` runs with (default: exact fp32, eager)."""
 
     def __init__(self, base: Callable[[torch.Tensor], torch.Tensor], num_classes: int, sigma: float,
-                 batch_size: int = 256):
+                 batch_size: int = 256, acceleration: Acceleration | None = None,
+                 modules: tuple[torch.nn.Module, ...] = ()):
         check_parameters(sigma=sigma)
         self.base, self.num_classes, self.sigma, self.batch_size = base, num_classes, sigma, batch_size
+        self.acceleration = acceleration or Acceleration()
+        self._forward = self.acceleration.prepare(base, modules)
 
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, seed: int = 0,
                 progress: Callable[[int], None] | None = None) -> Certificate:
@@ -68,7 +74,7 @@ class Smooth:
         for every ‖x' - x‖₂ < radius. Abstains (prediction -1) when p_A's lower bound is below 1/2.
         `progress`, if given, is called with the number of draws done in each batch."""
         check_parameters(alpha=alpha, n0=n0, n=n)
-        gen = self._generator(x, seed)
+        gen = self.generator(x, seed)
         counts_selection = self.sample_counts(x, n0, gen, progress)
         c_a = int(counts_selection.argmax())
         counts_estimation = self.sample_counts(x, n, gen, progress)
@@ -81,7 +87,7 @@ class Smooth:
     def predict(self, x: torch.Tensor, n: int, alpha: float, seed: int = 0) -> Prediction:
         """With probability at least 1 - α, the returned class (if not -1) is g(x)."""
         check_parameters(alpha=alpha, n=n)
-        counts = self.sample_counts(x, n, self._generator(x, seed))
+        counts = self.sample_counts(x, n, self.generator(x, seed))
         top2 = counts.argsort()[::-1][:2]
         n_a, n_b = int(counts[top2[0]]), int(counts[top2[1]])
         p_value = float(binomtest(n_a, n_a + n_b, 0.5).pvalue) if n_a + n_b else 1.0
@@ -91,18 +97,18 @@ class Smooth:
                       progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Class counts of the base classifier over `num` draws of x + δ (x is one CHW image)."""
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=x.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.acceleration.autocast(x.device):
             for start in range(0, num, self.batch_size):
                 b = min(self.batch_size, num - start)
                 batch = torch.randn((b, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
                 batch.mul_(self.sigma).add_(x)
-                counts += torch.bincount(self.base(batch).argmax(1), minlength=self.num_classes)
+                counts += torch.bincount(self._forward(batch).argmax(1), minlength=self.num_classes)
                 if progress is not None:
                     progress(b)
         return counts.cpu().numpy()
 
     @staticmethod
-    def _generator(x: torch.Tensor, seed: int) -> torch.Generator:
+    def generator(x: torch.Tensor, seed: int) -> torch.Generator:
         return torch.Generator(device=x.device).manual_seed(seed)
 
 
@@ -123,10 +129,12 @@ class DenoisedSmoothing(Smooth):
     """Smoothing around f = classifier ∘ denoiser (Salman et al. 2020; Carlini et al. 2023)."""
 
     def __init__(self, denoiser: torch.nn.Module, classifier: torch.nn.Module, sigma: float,
-                 batch_size: int = 256, mode: str = "one-shot", **denoise_kwargs):
+                 batch_size: int = 256, mode: str = "one-shot", acceleration: Acceleration | None = None,
+                 **denoise_kwargs):
         self.denoiser, self.classifier = denoiser, classifier
         self.mode, self.denoise_kwargs = mode, denoise_kwargs
-        super().__init__(self.classify_noisy, classifier.num_classes, sigma, batch_size)
+        super().__init__(self.classify_noisy, classifier.num_classes, sigma, batch_size, acceleration,
+                         (denoiser, classifier))
         denoiser.timestep(sigma)  # fail now if σ is beyond the scheduler's range
 
     def denoise(self, noisy: torch.Tensor) -> torch.Tensor:
@@ -140,11 +148,11 @@ class DenoisedSmoothing(Smooth):
         """Denoise `num` draws of x + δ and score each. A draw is hallucinated when its top-1 class
         differs from `label` (or, with no label, from the majority vote of the draws)."""
         classifier = classifier or self.classifier
-        gen = self._generator(x, seed)
-        with torch.inference_mode():
+        gen = self.generator(x, seed)
+        with torch.inference_mode(), self.acceleration.autocast(x.device):
             noisy = torch.randn((num, *x.shape), generator=gen, device=x.device).mul_(self.sigma).add_(x)
             denoised = torch.cat([self.denoise(b) for b in noisy.split(self.batch_size)])
-            probs = torch.cat([classifier(b).softmax(1) for b in denoised.split(self.batch_size)])
+            probs = torch.cat([classifier(b).float().softmax(1) for b in denoised.split(self.batch_size)])
         confidence, top1 = probs.max(1)
         if label is None:
             label = int(torch.bincount(top1, minlength=probs.shape[1]).argmax())

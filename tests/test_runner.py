@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -136,3 +137,29 @@ def test_torchrun_two_processes_shard_and_merge(tiny_denoiser_dir, tiny_classifi
     assert main(_args(tiny_denoiser_dir, tiny_classifier_dir, ref, "--max", "7")) == 0
     cols = ["idx", "label", "predict", "radius", "count_a"]
     pd.testing.assert_frame_equal(merged[cols], _rows(ref)[cols])
+
+
+def test_adaptive_cli_records_its_settings_and_the_draws_each_image_used(tiny_denoiser_dir, tiny_classifier_dir,
+                                                                          tmp_path):
+    out = tmp_path / "adaptive.tsv"
+    args = _args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "6")
+    args[args.index("--n") + 1] = "400"
+    assert main([*args, "--adaptive", "--radii", "0.25,0.5"]) == 0
+    df = _rows(out)
+    assert df["n"].isin([100, 200, 400]).all()  # the looks of N=400
+    cfg = json.loads((tmp_path / "adaptive.json").read_text())
+    assert cfg["adaptive"] == {"tolerance": 0.025, "radii": [0.25, 0.5], "first_look": 100}
+    assert cfg["acceleration"] == {"precision": "fp32", "channels_last": False, "compile": False}
+    # The same file without --adaptive is another configuration.
+    assert main(args) == 2
+
+
+def test_bf16_precision_is_recorded_and_bad_radii_are_refused(tiny_denoiser_dir, tiny_classifier_dir, tmp_path,
+                                                               capsys):
+    out = tmp_path / "bf16.tsv"
+    assert main([*_args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "2"), "--precision", "bf16"]) == 0
+    assert json.loads((tmp_path / "bf16.json").read_text())["acceleration"]["precision"] == "bf16"
+    assert len(_rows(out)) == 2
+    assert main([*_args(tiny_denoiser_dir, tiny_classifier_dir, tmp_path / "x.tsv"), "--adaptive",
+                 "--radii", "0.5,big"]) == 2
+    assert "--radii must be" in capsys.readouterr().err

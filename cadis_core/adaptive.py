@@ -1,0 +1,88 @@
+"""Adaptive CERTIFY: sample in stages and stop once more draws cannot change the outcome that matters.
+
+CERTIFY spends all N estimation draws on every image. Here the draws come in a geometric schedule of
+looks n_1 < n_2 < ... < n_K = N, and each look bounds p_A at level α/K (Bonferroni). We stop early
+
+- to abstain, when even the upper bound on p_A is below 1/2 (more draws would not certify), or
+- to certify, when the radius now is within `tolerance` of the best radius the full budget could give
+  (every remaining draw voting c_A), or when no radius in `radii` lies between the two, so a
+  certified-accuracy table at those radii cannot change.
+
+Soundness: the certificate is wrong only if the lower bound at the look where we stopped exceeds p_A.
+That event lies inside the union of the K events "the bound at look k exceeds p_A", each of probability
+at most α/K, so the whole procedure fails with probability at most α, whatever the stopping rule.
+See docs/adaptive.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from scipy.stats import beta, norm
+
+from .errors import CadisError
+from .smoothing import ABSTAIN, Certificate, Smooth, check_parameters, lower_confidence_bound
+
+
+def look_schedule(n: int, first: int = 100) -> list[int]:
+    """Looks at n, n/2, n/4, ... down to the last one >= `first` (ascending; always ends at n)."""
+    looks = [n]
+    while looks[-1] // 2 >= first:
+        looks.append(looks[-1] // 2)
+    return looks[::-1]
+
+
+def upper_confidence_bound(k: int, n: int, alpha: float) -> float:
+    """One-sided (1 - α) Clopper-Pearson upper bound on p from k successes in n trials."""
+    return 1.0 if k == n else float(beta.ppf(1 - alpha, k + 1, n - k))
+
+
+def _radius(sigma: float, p: float) -> float:
+    return sigma * float(norm.ppf(p)) if p >= 0.5 else -np.inf
+
+
+def decided(now: float, best: float, tolerance: float, radii: Sequence[float]) -> bool:
+    """True when the radius certified now is close enough to the best the full budget could certify."""
+    if now == -np.inf:  # nothing certified yet
+        return False
+    return best - now <= tolerance or (len(radii) > 0 and not any(now < r <= best for r in radii))
+
+
+def certify_sequential(draw: Callable[[int], np.ndarray], sigma: float, n0: int, n: int, alpha: float,
+                       tolerance: float, radii: Sequence[float] = (), first_look: int = 100) -> Certificate:
+    """Adaptive CERTIFY over a draw source: `draw(k)` returns the class counts of k fresh draws of f(x + δ)."""
+    check_parameters(sigma=sigma, alpha=alpha, n0=n0, n=n)
+    if tolerance < 0:
+        raise CadisError(f"tolerance must be >= 0 (got {tolerance}).")
+    looks = look_schedule(n, first_look)
+    level = alpha / len(looks)
+    c_a = int(draw(n0).argmax())
+    counts, drawn = None, 0
+    for look in looks:
+        new = draw(look - drawn)
+        counts, drawn = (new if counts is None else counts + new), look
+        n_a = int(counts[c_a])
+        p_a = lower_confidence_bound(n_a, drawn, level)
+        if drawn == n:
+            break
+        best = lower_confidence_bound(n_a + n - drawn, n, level)  # every remaining draw votes c_A
+        if best < 0.5 or upper_confidence_bound(n_a, drawn, level) < 0.5:
+            break  # futile: abstain now
+        if decided(_radius(sigma, p_a), _radius(sigma, best), tolerance, radii):
+            break
+    if p_a < 0.5:
+        return Certificate(ABSTAIN, 0.0, n_a, drawn, p_a, counts)
+    return Certificate(c_a, _radius(sigma, p_a), n_a, drawn, p_a, counts)
+
+
+def certify_adaptive(smooth: Smooth, x: torch.Tensor, n0: int, n: int, alpha: float, seed: int = 0,
+                     tolerance: float | None = None, radii: Sequence[float] = (), first_look: int = 100,
+                     progress: Callable[[int], None] | None = None) -> Certificate:
+    """Adaptive CERTIFY of one image; `Certificate.n` is the number of estimation draws used.
+    The tolerance defaults to σ/10."""
+    gen = smooth.generator(x, seed)
+    tolerance = smooth.sigma / 10 if tolerance is None else tolerance
+    return certify_sequential(lambda k: smooth.sample_counts(x, k, gen, progress), smooth.sigma, n0, n, alpha,
+                              tolerance, radii, first_look)

@@ -1,0 +1,54 @@
+"""Speed levers: they change how the base classifier runs, never the counting or the statistics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_statistics import KnownProbabilities
+
+from cadis_core.acceleration import Acceleration, default_acceleration
+from cadis_core.errors import CadisError
+from cadis_core.finetune import FinetuneConfig
+from cadis_core.smoothing import Smooth
+
+
+def test_unknown_precision_is_refused_with_the_choices():
+    with pytest.raises(CadisError, match="fp32, bf16, fp16"):
+        Acceleration("int8")
+    with pytest.raises(CadisError, match="precision"):
+        FinetuneConfig(precision="int8").validate()
+
+
+def test_cpu_default_is_exact_fp32():
+    assert default_acceleration("cpu") == Acceleration("fp32", channels_last=False, compile=False)
+
+
+def test_bf16_reaches_the_base_classifier_and_counts_stay_exact():
+    seen = []
+
+    def base(noisy):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        logits = torch.nn.functional.linear(noisy.flatten(1), weight)
+        seen.append(logits.dtype)
+        return logits
+
+    weight = torch.randn(3, 16)
+    x = torch.rand(1, 4, 4)
+    counts = Smooth(base, 3, 0.5, batch_size=64, acceleration=Acceleration("bf16")).sample_counts(
+        x, 200, torch.Generator().manual_seed(0))
+    assert seen[0] == (True, torch.bfloat16) and seen[1] == torch.bfloat16
+    assert counts.sum() == 200
+
+
+def test_channels_last_is_applied_to_the_modules():
+    conv = torch.nn.Conv2d(1, 4, 3)
+    Acceleration(channels_last=True).prepare(conv, [conv])
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_compiled_engine_gives_the_same_counts_as_eager():
+    x = torch.rand(1, 4, 4)
+    base = KnownProbabilities(x, 0.5, [0.6, 0.3, 0.1])
+    eager = Smooth(base, 3, 0.5, batch_size=100).sample_counts(x, 300, torch.Generator().manual_seed(1))
+    compiled = Smooth(base, 3, 0.5, batch_size=100, acceleration=Acceleration(compile=True))
+    assert (compiled.sample_counts(x, 300, torch.Generator().manual_seed(1)) == eager).all()
