@@ -35,6 +35,7 @@ class DiffusionDenoiser(torch.nn.Module):
         super().__init__()
         self.unet = unet.eval().requires_grad_(False)
         self.scheduler = scheduler
+        self._t_star: dict[float, int] = {}  # σ -> t*, computed once rather than per batch
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False)
 
     @classmethod
@@ -74,7 +75,9 @@ class DiffusionDenoiser(torch.nn.Module):
         return self.alphas_cumprod.device
 
     def timestep(self, sigma: float) -> int:
-        return timestep_for_sigma(self.alphas_cumprod, sigma)
+        if sigma not in self._t_star:
+            self._t_star[sigma] = timestep_for_sigma(self.alphas_cumprod, sigma)
+        return self._t_star[sigma]
 
     def predict_noise(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
         ts = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)

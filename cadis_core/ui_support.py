@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .acceleration import default_acceleration
 from .classifier import ImageClassifier, load_classifier
 from .data import ASSETS, ImageDataset
 from .denoiser import DiffusionDenoiser
@@ -91,7 +92,7 @@ class ModelBundle:
                   batch_size: int | None = None) -> DenoisedSmoothing:
         kwargs = {"steps": steps} if mode == "multistep" else {}
         return DenoisedSmoothing(self.denoiser, self.classifier, sigma, batch_size or self.preset.batch_size,
-                                 mode=mode, **kwargs)
+                                 mode=mode, acceleration=default_acceleration(self.denoiser.device), **kwargs)
 
 
 def load_bundle(p: Preset, device: str = "cpu") -> ModelBundle:

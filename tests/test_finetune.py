@@ -253,8 +253,9 @@ def free_port() -> int:
 def test_ddp_two_processes_match_one(models, data, tmp_path, tiny_denoiser_dir, tiny_classifier_dir):
     x, y, noise = ddp_batch(models, data)
     save_file({"x": x, "y": y, "noise": noise}, tmp_path / "batch.safetensors")
-    # fork, as DataLoader workers do: the children start with everything imported (one thread each)
-    mp.start_processes(ddp_worker, nprocs=2, start_method="fork",
+    # spawn, not fork: earlier tests may have started autograd's threads in this process, which a forked
+    # child cannot use
+    mp.start_processes(ddp_worker, nprocs=2, start_method="spawn",
                        args=(2, free_port(), str(tmp_path), str(tiny_denoiser_dir), str(tiny_classifier_dir)))
     # one process, the whole batch
     cfg = config(tmp_path / "single", steps=3, batch_size=8, eval_every=0, eval_size=16)

@@ -82,7 +82,8 @@ def write_card(denoiser_dir: str, classifier_dir: str, out_dir: str, seed: int =
                      "flops": count_flops(denoiser.unet, x1 * 2 - 1, torch.tensor([100])),
                      "beta_schedule": denoiser.scheduler.config.beta_schedule,
                      "training": _training(Path(denoiser_dir))},
-        "classifier": {"path": classifier_dir, "params": sum(p.numel() for p in classifier.parameters()),
+        "classifier": {"path": classifier_dir, "architecture": _vit_line(Path(classifier_dir)),
+                       "params": sum(p.numel() for p in classifier.parameters()),
                        "flops": count_flops(classifier, x1), "training": _training(Path(classifier_dir)),
                        "clean_acc": clean_accuracy(classifier, test, limit=limit)},
         "sigmas": {},
@@ -96,6 +97,12 @@ def write_card(denoiser_dir: str, classifier_dir: str, out_dir: str, seed: int =
     (out / "card.json").write_text(json.dumps(card, indent=2))
     (out / "README.md").write_text(render_card(card))
     return card
+
+
+def _vit_line(path: Path) -> str:
+    args = json.loads((path / "config.json").read_text())["model_args"]
+    return (f"timm ViT (patch {args['patch_size']}, width {args['embed_dim']}, depth {args['depth']}, "
+            f"{args['num_heads']} heads, MLP ratio {args['mlp_ratio']:g})")
 
 
 def _train_line(t: dict) -> str:
@@ -124,7 +131,7 @@ trained on clean images only.
 |---|---|---|---|---|
 | `fmnist-ddpm/` | diffusers `UNet2DModel` + `DDPMScheduler` ({d['beta_schedule']}, 1000 steps), ε-prediction \
 | {d['params'] / 1e6:.2f} M | {d['flops'] / 1e6:.1f} M | {_train_line(d['training'])} |
-| `fmnist-vit/` | timm ViT (patch 4, width 96, depth 6), timm local-dir | {c['params'] / 1e6:.2f} M \
+| `fmnist-vit/` | {c['architecture']}, timm local-dir | {c['params'] / 1e6:.2f} M \
 | {c['flops'] / 1e6:.1f} M | {_train_line(c['training'])} |
 
 FLOPs are counted with `torch.utils.flop_counter` for one 1×28×28 image.
