@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cadis_core.acceleration import Acceleration  # noqa: E402
 from cadis_core.finetune import FinetuneConfig, make_optimizer, prepare_classifier  # noqa: E402
 from cadis_core.presets import get_preset  # noqa: E402
 
@@ -62,9 +63,7 @@ def reference_step(model, denoiser, x, y, optimizer, sigma=0.25, num_noises=4, e
 
 
 def cadis_step(model, denoiser, x, y, optimizer, loss_fn, precision: str):
-    autocast = torch.autocast("cpu" if x.device.type == "cpu" else "cuda", dtype=torch.bfloat16,
-                              enabled=precision == "bf16")
-    with autocast:
+    with Acceleration(precision).autocast(x.device):
         loss, _ = loss_fn(model, denoiser, x, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -25,8 +25,15 @@ from scipy.stats import beta, norm
 from .errors import CadisError
 from .smoothing import ABSTAIN, Certificate, Smooth, check_parameters, lower_confidence_bound
 
+FIRST_LOOK = 100
 
-def look_schedule(n: int, first: int = 100) -> list[int]:
+
+def default_tolerance(sigma: float) -> float:
+    """σ/10: stop once the radius is within a tenth of σ of the full budget's best."""
+    return sigma / 10
+
+
+def look_schedule(n: int, first: int = FIRST_LOOK) -> list[int]:
     """Looks at n, n/2, n/4, ... down to the last one >= `first` (ascending; always ends at n)."""
     looks = [n]
     while looks[-1] // 2 >= first:
@@ -51,7 +58,7 @@ def decided(now: float, best: float, tolerance: float, radii: Sequence[float]) -
 
 
 def certify_sequential(draw: Callable[[int], np.ndarray], sigma: float, n0: int, n: int, alpha: float,
-                       tolerance: float, radii: Sequence[float] = (), first_look: int = 100) -> Certificate:
+                       tolerance: float, radii: Sequence[float] = (), first_look: int = FIRST_LOOK) -> Certificate:
     """Adaptive CERTIFY over a draw source: `draw(k)` returns the class counts of k fresh draws of f(x + δ)."""
     check_parameters(sigma=sigma, alpha=alpha, n0=n0, n=n)
     if tolerance < 0:
@@ -78,11 +85,11 @@ def certify_sequential(draw: Callable[[int], np.ndarray], sigma: float, n0: int,
 
 
 def certify_adaptive(smooth: Smooth, x: torch.Tensor, n0: int, n: int, alpha: float, seed: int = 0,
-                     tolerance: float | None = None, radii: Sequence[float] = (), first_look: int = 100,
+                     tolerance: float | None = None, radii: Sequence[float] = (), first_look: int = FIRST_LOOK,
                      progress: Callable[[int], None] | None = None) -> Certificate:
     """Adaptive CERTIFY of one image; `Certificate.n` is the number of estimation draws used.
     The tolerance defaults to σ/10."""
     gen = smooth.generator(x, seed)
-    tolerance = smooth.sigma / 10 if tolerance is None else tolerance
+    tolerance = default_tolerance(smooth.sigma) if tolerance is None else tolerance
     return certify_sequential(lambda k: smooth.sample_counts(x, k, gen, progress), smooth.sigma, n0, n, alpha,
                               tolerance, radii, first_look)

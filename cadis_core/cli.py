@@ -98,7 +98,9 @@ def _certify_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _acceleration_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    from .acceleration import PRECISIONS
+
+    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
                    help="autocast precision of the base classifier (auto: bf16 on GPUs, fp32 on CPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser and classifier (cached)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
@@ -120,7 +122,7 @@ def _cuda() -> bool:
 def _run_certify(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .adaptive import certify_adaptive
+    from .adaptive import FIRST_LOOK, certify_adaptive, default_tolerance
     from .classifier import load_classifier
     from .data import load_dataset
     from .denoiser import DiffusionDenoiser
@@ -166,8 +168,8 @@ def _run_certify(args: argparse.Namespace) -> None:
     certify = None
     adaptive = None
     if args.adaptive:
-        tolerance = sigma / 10 if args.tolerance is None else args.tolerance
-        adaptive = {"tolerance": tolerance, "radii": radii, "first_look": 100}
+        tolerance = default_tolerance(sigma) if args.tolerance is None else args.tolerance
+        adaptive = {"tolerance": tolerance, "radii": radii, "first_look": FIRST_LOOK}
 
         def certify(x, seed):
             return certify_adaptive(smooth, x, n0, n, args.alpha, seed, **adaptive)
@@ -229,7 +231,9 @@ def _results_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max", type=int, default=500, help="certify the first K test images")
     p.add_argument("--n", type=int, default=1000, help="draws per certificate")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    from .acceleration import PRECISIONS
+
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="autocast precision for certification")
     p.add_argument("--compile", action="store_true", help="torch.compile for fine-tuning and certification")
 

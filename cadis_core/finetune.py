@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .acceleration import Acceleration
+from .acceleration import PRECISIONS, Acceleration
 from .checkpoint import load_checkpoint, save_checkpoint
 from .classifier import ImageClassifier
 from .data import ImageDataset
@@ -473,7 +473,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=int, help="steps between test evaluations (default: every epoch)")
     p.add_argument("--eval-size", type=int, default=d.eval_size)
     p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes)
-    p.add_argument("--precision", default=d.precision, choices=["fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS),
                    help="autocast precision of the loss (bf16 pays on GPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the classifier")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
