@@ -53,3 +53,19 @@ def default_acceleration(device: str | torch.device) -> Acceleration:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return Acceleration(precision="bf16")
     return Acceleration()
+
+
+def largest_batch(forward: Callable[[int], object], start: int, smallest: int = 1) -> int:
+    """The largest batch size, halving from `start`, whose `forward(batch_size)` fits in GPU memory."""
+    b = start
+    while True:
+        try:
+            forward(b)
+            return b
+        except torch.OutOfMemoryError:
+            if b // 2 < smallest:
+                raise CadisError(f"Even a batch of {b} does not fit in GPU memory; free the GPU or use a "
+                                 "smaller model.") from None
+            b //= 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import beta, norm
+from scipy.stats import beta
 
 from .errors import CadisError
-from .smoothing import ABSTAIN, Certificate, Smooth, check_parameters, lower_confidence_bound
+from .smoothing import ABSTAIN, Certificate, Smooth, check_parameters, lower_confidence_bound, radius
 
 FIRST_LOOK = 100
 
@@ -47,7 +47,7 @@ def upper_confidence_bound(k: int, n: int, alpha: float) -> float:
 
 
 def _radius(sigma: float, p: float) -> float:
-    return sigma * float(norm.ppf(p)) if p >= 0.5 else -np.inf
+    return radius(sigma, p) if p >= 0.5 else -np.inf
 
 
 def decided(now: float, best: float, tolerance: float, radii: Sequence[float]) -> bool:

@@ -27,6 +27,7 @@ def _zoo_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         p.add_argument("--checkpoint-minutes", type=float, default=3.0)
         p.add_argument("--stop-at", type=int, default=None, help="checkpoint and stop at this step (re-run to go on)")
+        p.add_argument("--init-from", help="an exported model directory to start from (a second training stage)")
         if kind == "denoiser":
             p.add_argument("--beta-schedule", default="linear", choices=["linear", "squaredcos_cap_v2"])
     card = zsub.add_parser("card", help="measure the embedded models and write assets/models/README.md")
@@ -53,7 +54,7 @@ def _run_zoo(args: argparse.Namespace) -> None:
         return
     kw = dict(out=args.out, export=args.export, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
               weight_decay=args.weight_decay, warmup=args.warmup, seed=args.seed,
-              checkpoint_minutes=args.checkpoint_minutes)
+              checkpoint_minutes=args.checkpoint_minutes, init_from=args.init_from)
     if args.zoo_command == "train-denoiser":
         path = train_denoiser(TrainConfig(beta_schedule=args.beta_schedule, **kw), args.stop_at)
     else:
@@ -76,7 +77,7 @@ def _certify_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int,
                    help="draws to estimate p_A (default: the preset's, else 10000)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
-    p.add_argument("--batch-size", type=int, help="draws per forward pass")
+    p.add_argument("--batch-size", help="draws per forward pass, or 'auto': the largest that fits in GPU memory")
     p.add_argument("--max", type=int, default=None, help="stop before this index")
     p.add_argument("--skip", type=int, default=1, help="certify every S-th image")
     p.add_argument("--shard", default="0/1", help="I/K: this process takes every K-th selected image from I")
@@ -139,7 +140,7 @@ def _run_certify(args: argparse.Namespace) -> None:
     sigma = args.sigma if args.sigma is not None else (preset.sigma if preset else 0.25)
     n0 = args.n0 if args.n0 is not None else (preset.n0 if preset else 100)
     n = args.n if args.n is not None else (preset.n if preset else 10000)
-    batch_size = args.batch_size or (preset.batch_size if preset else 256)
+    batch_size = _batch_size(args.batch_size, preset.batch_size if preset else 256)
     check_parameters(sigma=sigma, alpha=args.alpha, n0=n0, n=n)
     try:
         shard = tuple(int(v) for v in args.shard.split("/"))
@@ -164,7 +165,9 @@ def _run_certify(args: argparse.Namespace) -> None:
     denoiser = DiffusionDenoiser.from_pretrained(denoiser_spec, args.device)
     classifier = load_classifier(classifier_spec, args.device)
     kwargs = {"steps": args.steps, "sampler": args.sampler} if args.mode == "multistep" else {}
-    smooth = DenoisedSmoothing(denoiser, classifier, sigma, batch_size, args.mode, acceleration, **kwargs)
+    smooth = DenoisedSmoothing(denoiser, classifier, sigma, batch_size or 1, args.mode, acceleration, **kwargs)
+    if batch_size is None:
+        batch_size = smooth.batch_size = _fit_batch_size(smooth, dataset[0][0].to(args.device))
     certify = None
     adaptive = None
     if args.adaptive:
@@ -191,6 +194,36 @@ def _run_certify(args: argparse.Namespace) -> None:
             out = merge_shards(Path(args.out), world)
         dist.destroy_process_group()
     print(f"wrote {out}")
+
+
+def _batch_size(value: str | None, default: int) -> int | None:
+    """--batch-size: a positive integer, the default when absent, or None for 'auto'."""
+    if value is None:
+        return default
+    if value == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise CadisError(f"--batch-size must be a positive integer or 'auto' (got {value!r}).")
+    return int(value)
+
+
+def _fit_batch_size(smooth, x, start: int = 4096) -> int:
+    """On a GPU, the largest power-of-two batch ≤ start that fits; CPUs are bound by compute, not memory."""
+    import torch
+
+    from .acceleration import largest_batch
+
+    if x.device.type != "cuda":
+        print("--batch-size auto: on the CPU memory is not the limit; using 256")
+        return 256
+
+    def trial(b: int) -> None:
+        smooth.batch_size = b
+        smooth.sample_counts(x, b, torch.Generator(x.device).manual_seed(0))
+
+    b = largest_batch(trial, start)
+    print(f"--batch-size auto: {b} draws per forward pass fit in GPU memory")
+    return b
 
 
 def _analyze_parser(sub: argparse._SubParsersAction) -> None:

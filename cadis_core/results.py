@@ -20,7 +20,7 @@ from .classifier import load_classifier
 from .data import ASSETS
 from .finetune import FinetuneConfig, finetune
 from .presets import get_preset
-from .runner import certify_dataset, select_indices
+from .runner import certify_classifiers, select_indices
 from .smoothing import DenoisedSmoothing
 
 RESULTS = ASSETS / "results"
@@ -59,23 +59,27 @@ def run_finetuning(methods=METHODS, sigmas=SIGMAS, steps: int = 1000, runs: Path
 def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0: int = 100, n: int = 1000,
                       alpha: float = 0.001, batch_size: int = 550, seed: int = 0,
                       acceleration: Acceleration | None = None) -> None:
+    """Per σ, certify every method on the same draws: the denoiser runs once for all of them."""
     acceleration = acceleration or Acceleration()
     preset = get_preset("fashion-mnist")
     denoiser, _ = preset.load_models()
     test = preset.load_dataset("test")
     for sigma in sigmas:
+        classifiers, outs = [], []
         for method in methods:
             spec = classifier_spec(method, sigma)
-            smooth = DenoisedSmoothing(denoiser, load_classifier(spec), sigma, batch_size, acceleration=acceleration)
+            classifiers.append(load_classifier(spec))
             config = {"preset": preset.name, "denoiser": preset.denoiser, "classifier": spec,
                       "dataset": preset.dataset, "split": "test", "sigma": sigma, "n0": n0, "n": n, "alpha": alpha,
                       "seed": seed, "batch_size": batch_size, "mode": "one-shot", "skip": 1, "max": max_images,
                       "method": method, "label": f"{method} σ={sigma:g}", "acceleration": acceleration.describe(),
-                      "adaptive": None}
+                      "adaptive": None, "shared_draws_with": [m for m in methods if m != method]}
             if method != "none":  # the fine-tuning configuration travels with the results
                 config["finetune"] = json.loads((Path(spec) / "finetune.json").read_text())
-            certify_dataset(smooth, test, RESULTS / f"{method}_s{sigma:g}.tsv", config,
-                            select_indices(len(test), 1, max_images), n0, n, alpha, seed)
+            outs.append((RESULTS / f"{method}_s{sigma:g}.tsv", config))
+        smooth = DenoisedSmoothing(denoiser, classifiers[0], sigma, batch_size, acceleration=acceleration)
+        certify_classifiers(smooth, classifiers, test, outs, select_indices(len(test), 1, max_images), n0, n,
+                            alpha, seed)
 
 
 def write_report(radii=DEFAULT_RADII) -> str:

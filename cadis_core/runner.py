@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset
 from .errors import CadisError
-from .smoothing import Certificate, Smooth
+from .smoothing import Certificate, DenoisedSmoothing, Smooth
 
 COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "count_a", "n", "p_a_lower", "sigma", "alpha"]
 # Keys that change the rows; anything else (shard, versions, timestamps) may differ between runs of one file.
@@ -91,23 +91,49 @@ def certify_dataset(smooth: Smooth, dataset: ImageDataset, out: str | Path, conf
     `certify(x, seed)` replaces the fixed-budget CERTIFY, e.g. with the adaptive one; `n` is then
     the number of estimation draws each image used."""
     certify = certify or (lambda x, s: smooth.certify(x, n0, n, alpha, seed=s))
-    out = Path(out)
-    done = prepare_output(out, config, fresh)
-    todo = [i for i in indices if i not in done]
-    bar = tqdm(todo, desc=f"certify σ={smooth.sigma}", unit="img", initial=len(indices) - len(todo),
-               total=len(indices))
-    with out.open("a") as f:
+    certify_shared_draws(lambda x, s: [certify(x, s)], smooth.sigma, dataset, [(Path(out), config)], indices,
+                         n0, alpha, seed, fresh, device)
+    return Path(out)
+
+
+def certify_classifiers(smooth: DenoisedSmoothing, classifiers: Sequence[torch.nn.Module], dataset: ImageDataset,
+                        outs: Sequence[tuple[str | Path, dict[str, Any]]], indices: list[int], n0: int, n: int,
+                        alpha: float, seed: int = 0, fresh: bool = False, device: str | torch.device = "cpu"
+                        ) -> list[Path]:
+    """Certify several classifiers behind one denoiser on the same draws, one TSV (and sidecar) each.
+    Each file's rows equal what `certify_dataset` writes for that classifier alone; the denoiser runs once."""
+    certify_shared_draws(lambda x, s: smooth.certify_classifiers(x, classifiers, n0, n, alpha, seed=s),
+                         smooth.sigma, dataset, [(Path(o), c) for o, c in outs], indices, n0, alpha, seed,
+                         fresh, device)
+    return [Path(o) for o, _ in outs]
+
+
+def certify_shared_draws(certify: Callable[[torch.Tensor, int], list[Certificate]], sigma: float,
+                         dataset: ImageDataset, outs: list[tuple[Path, dict[str, Any]]], indices: list[int],
+                         n0: int, alpha: float, seed: int, fresh: bool, device: str | torch.device) -> None:
+    """The resumable loop: certify each image some file still lacks and append a flushed row to each.
+    The time column is the image's wall time shared equally among the files."""
+    done = [prepare_output(out, config, fresh) for out, config in outs]
+    todo = [i for i in indices if any(i not in d for d in done)]
+    bar = tqdm(todo, desc=f"certify σ={sigma}", unit="img", initial=len(indices) - len(todo), total=len(indices))
+    files = [out.open("a") for out, _ in outs]
+    try:
         for idx in bar:
             x, label = dataset[idx]
             start = time.time()
-            cert = certify(x.to(device), seed * 1_000_003 + idx)
+            certs = certify(x.to(device), seed * 1_000_003 + idx)
             elapsed = time.time() - start
-            row = [idx, label, cert.prediction, f"{cert.radius:.4f}", int(cert.prediction == label),
-                   f"{elapsed:.3f}", cert.count_a, cert.n, f"{cert.p_a_lower:.6f}", smooth.sigma, alpha]
-            f.write("\t".join(map(str, row)) + "\n")
-            f.flush()
-            bar.set_postfix(samples_per_s=f"{(n0 + cert.n) / elapsed:.0f}")
-    return out
+            for f, d, cert in zip(files, done, certs):
+                if idx in d:
+                    continue
+                row = [idx, label, cert.prediction, f"{cert.radius:.4f}", int(cert.prediction == label),
+                       f"{elapsed / len(outs):.3f}", cert.count_a, cert.n, f"{cert.p_a_lower:.6f}", sigma, alpha]
+                f.write("\t".join(map(str, row)) + "\n")
+                f.flush()
+            bar.set_postfix(samples_per_s=f"{len(outs) * (n0 + certs[0].n) / elapsed:.0f}")
+    finally:
+        for f in files:
+            f.close()
 
 
 def shard_path(out: Path, shard: tuple[int, int]) -> Path:

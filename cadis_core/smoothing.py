@@ -6,7 +6,8 @@ The smoothed classifier is g(x) = argmax_c P[f(x + δ) = c], δ ~ N(0, σ²I).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,21 @@ class Certificate:
     counts: np.ndarray = field(repr=False, compare=False, default=None)  # class counts of the n estimation draws
 
 
+def radius(sigma: float, p_a: float) -> float:
+    """The certified ℓ2 radius σ·Φ⁻¹(p_A) (Cohen et al., Theorem 1)."""
+    return sigma * float(norm.ppf(p_a))
+
+
+def decide(counts_selection: np.ndarray, counts_estimation: np.ndarray, alpha: float, sigma: float) -> Certificate:
+    """CERTIFY's decision: guess c_A from the selection draws, bound p_A from the estimation draws."""
+    c_a = int(counts_selection.argmax())
+    n, n_a = int(counts_estimation.sum()), int(counts_estimation[c_a])
+    p_a = lower_confidence_bound(n_a, n, alpha)
+    if p_a < 0.5:
+        return Certificate(ABSTAIN, 0.0, n_a, n, p_a, counts_estimation)
+    return Certificate(c_a, radius(sigma, p_a), n_a, n, p_a, counts_estimation)
+
+
 @dataclass
 class Prediction:
     prediction: int  # ABSTAIN (-1) unless the binomial test rejects at level α
@@ -76,13 +92,8 @@ class Smooth:
         check_parameters(alpha=alpha, n0=n0, n=n)
         gen = self.generator(x, seed)
         counts_selection = self.sample_counts(x, n0, gen, progress)
-        c_a = int(counts_selection.argmax())
         counts_estimation = self.sample_counts(x, n, gen, progress)
-        n_a = int(counts_estimation[c_a])
-        p_a = lower_confidence_bound(n_a, n, alpha)
-        if p_a < 0.5:
-            return Certificate(ABSTAIN, 0.0, n_a, n, p_a, counts_estimation)
-        return Certificate(c_a, self.sigma * float(norm.ppf(p_a)), n_a, n, p_a, counts_estimation)
+        return decide(counts_selection, counts_estimation, alpha, self.sigma)
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, seed: int = 0) -> Prediction:
         """With probability at least 1 - α, the returned class (if not -1) is g(x)."""
@@ -98,14 +109,18 @@ class Smooth:
         """Class counts of the base classifier over `num` draws of x + δ (x is one CHW image)."""
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=x.device)
         with torch.inference_mode(), self.acceleration.autocast(x.device):
-            for start in range(0, num, self.batch_size):
-                b = min(self.batch_size, num - start)
-                batch = torch.randn((b, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
-                batch.mul_(self.sigma).add_(x)
+            for batch in self.noisy_batches(x, num, generator):
                 counts += torch.bincount(self._forward(batch).argmax(1), minlength=self.num_classes)
                 if progress is not None:
-                    progress(b)
+                    progress(len(batch))
         return counts.cpu().numpy()
+
+    def noisy_batches(self, x: torch.Tensor, num: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        """`num` draws of x + δ in batches of at most `batch_size`."""
+        for start in range(0, num, self.batch_size):
+            b = min(self.batch_size, num - start)
+            batch = torch.randn((b, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
+            yield batch.mul_(self.sigma).add_(x)
 
     @staticmethod
     def generator(x: torch.Tensor, seed: int) -> torch.Generator:
@@ -133,6 +148,7 @@ class DenoisedSmoothing(Smooth):
                  **denoise_kwargs):
         self.denoiser, self.classifier = denoiser, classifier
         self.mode, self.denoise_kwargs = mode, denoise_kwargs
+        self._prepared_fns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         super().__init__(self.classify_noisy, classifier.num_classes, sigma, batch_size, acceleration,
                          (denoiser, classifier))
         denoiser.timestep(sigma)  # fail now if σ is beyond the scheduler's range
@@ -142,6 +158,38 @@ class DenoisedSmoothing(Smooth):
 
     def classify_noisy(self, noisy: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.denoise(noisy))
+
+    def certify_classifiers(self, x: torch.Tensor, classifiers: Sequence[torch.nn.Module], n0: int, n: int,
+                            alpha: float, seed: int = 0, progress: Callable[[int], None] | None = None
+                            ) -> list[Certificate]:
+        """CERTIFY classifier_k ∘ denoiser for every k on the same draws, denoising each draw once.
+        Certificate k is the one `certify` gives with classifier_k and this seed (common random
+        numbers, so methods compare paired), at the cost of one denoising for all of them."""
+        check_parameters(alpha=alpha, n0=n0, n=n)
+        heads = [self._prepared(c, (c,)) for c in classifiers]
+        denoise = self._prepared(self.denoiser, (self.denoiser,), self.denoise)
+        gen = self.generator(x, seed)
+
+        def counts(num: int) -> np.ndarray:
+            total = torch.zeros(len(heads), self.num_classes, dtype=torch.long, device=x.device)
+            with torch.inference_mode(), self.acceleration.autocast(x.device):
+                for batch in self.noisy_batches(x, num, gen):
+                    denoised = denoise(batch)
+                    for k, head in enumerate(heads):
+                        total[k] += torch.bincount(head(denoised).argmax(1), minlength=self.num_classes)
+                    if progress is not None:
+                        progress(len(batch))
+            return total.cpu().numpy()
+
+        selection, estimation = counts(n0), counts(n)
+        return [decide(s, e, alpha, self.sigma) for s, e in zip(selection, estimation)]
+
+    def _prepared(self, key: torch.nn.Module, modules: tuple[torch.nn.Module, ...],
+                  fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`fn` (default: `key` itself) with the acceleration levers, prepared once per module."""
+        if key not in self._prepared_fns:
+            self._prepared_fns[key] = self.acceleration.prepare(fn or key, modules)
+        return self._prepared_fns[key]
 
     def score_draws(self, x: torch.Tensor, label: int | None, num: int, seed: int = 0,
                     classifier: torch.nn.Module | None = None) -> DrawScores:

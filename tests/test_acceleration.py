@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_statistics import KnownProbabilities
 
-from cadis_core.acceleration import Acceleration, default_acceleration
+from cadis_core.acceleration import Acceleration, default_acceleration, largest_batch
 from cadis_core.errors import CadisError
 from cadis_core.finetune import FinetuneConfig
 from cadis_core.smoothing import Smooth
@@ -52,3 +52,20 @@ def test_compiled_engine_gives_the_same_counts_as_eager():
     eager = Smooth(base, 3, 0.5, batch_size=100).sample_counts(x, 300, torch.Generator().manual_seed(1))
     compiled = Smooth(base, 3, 0.5, batch_size=100, acceleration=Acceleration(compile=True))
     assert (compiled.sample_counts(x, 300, torch.Generator().manual_seed(1)) == eager).all()
+
+
+def test_largest_batch_halves_until_the_forward_fits():
+    tried = []
+
+    def forward(b):
+        tried.append(b)
+        if b > 300:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    assert largest_batch(forward, 4096) == 256 and tried == [4096, 2048, 1024, 512, 256]
+
+    def never_fits(b):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(CadisError, match="does not fit in GPU memory"):
+        largest_batch(never_fits, 8)

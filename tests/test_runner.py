@@ -163,3 +163,56 @@ def test_bf16_precision_is_recorded_and_bad_radii_are_refused(tiny_denoiser_dir,
     assert main([*_args(tiny_denoiser_dir, tiny_classifier_dir, tmp_path / "x.tsv"), "--adaptive",
                  "--radii", "0.5,big"]) == 2
     assert "--radii must be" in capsys.readouterr().err
+
+
+def test_shared_draw_certification_equals_separate_runs_and_resumes_per_file(tiny_denoiser_dir, tmp_path):
+    import torch
+
+    from cadis_core.classifier import ImageClassifier
+    from cadis_core.data import load_dataset
+    from cadis_core.denoiser import DiffusionDenoiser
+    from cadis_core.runner import certify_classifiers, certify_dataset
+    from cadis_core.smoothing import DenoisedSmoothing
+
+    from conftest import make_tiny_vit
+
+    denoiser = DiffusionDenoiser.from_pretrained(tiny_denoiser_dir)
+    classifiers = []
+    for seed in (0, 1):
+        vit = make_tiny_vit()
+        torch.manual_seed(seed)
+        for p in vit.parameters():  # differently initialised heads, so the two files must differ
+            p.data.normal_(0, 0.3)
+        classifiers.append(ImageClassifier(vit.eval(), (1, 28, 28), (0.5,), (0.5,)))
+    test = load_dataset("fashion-mnist", "test")
+    smooth = DenoisedSmoothing(denoiser, classifiers[0], 0.25, batch_size=24)
+    indices, args = list(range(6)), dict(n0=8, n=40, alpha=0.01, seed=3)
+    outs = [(tmp_path / f"shared{k}.tsv", {"classifier": k}) for k in range(2)]
+    certify_classifiers(smooth, classifiers, test, outs, indices, **args)
+    cols = ["idx", "label", "predict", "radius", "count_a", "n", "p_a_lower"]
+    shared = [_rows(out)[cols] for out, _ in outs]
+    for k, clf in enumerate(classifiers):
+        alone = tmp_path / f"alone{k}.tsv"
+        certify_dataset(DenoisedSmoothing(denoiser, clf, 0.25, batch_size=24), test, alone, {}, indices, **args)
+        pd.testing.assert_frame_equal(shared[k], _rows(alone)[cols])
+    assert not shared[0][["predict", "count_a"]].equals(shared[1][["predict", "count_a"]])
+    # An interrupted run: one file lost its last row; re-running completes only that file.
+    first = outs[0][0]
+    first.write_text("".join(first.read_text().splitlines(keepends=True)[:-1]))
+    second_before = outs[1][0].read_text()
+    certify_classifiers(smooth, classifiers, test, outs, indices, **args)
+    pd.testing.assert_frame_equal(_rows(first)[cols], shared[0])
+    assert outs[1][0].read_text() == second_before
+
+
+def test_batch_size_auto_is_recorded_and_bad_values_are_refused(tiny_denoiser_dir, tiny_classifier_dir, tmp_path,
+                                                                capsys):
+    def args(value, out):
+        a = _args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "1")
+        a[a.index("--batch-size") + 1] = value
+        return a
+
+    assert main(args("auto", tmp_path / "auto.tsv")) == 0  # on the CPU: the compute-bound default
+    assert json.loads((tmp_path / "auto.json").read_text())["batch_size"] == 256
+    assert main(args("lots", tmp_path / "bad.tsv")) == 2
+    assert "--batch-size must be a positive integer or 'auto'" in capsys.readouterr().err

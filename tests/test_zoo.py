@@ -35,3 +35,23 @@ def test_embedded_architectures_fit_the_flop_budgets():
     x = torch.rand(1, 1, 28, 28)
     assert count_flops(fmnist_unet(), x, torch.tensor([10])) <= 150e6
     assert count_flops(fmnist_vit(), x) <= 100e6
+
+
+def test_a_second_stage_starts_from_the_export_and_records_the_recipe(tmp_path):
+    import json
+    from dataclasses import replace
+
+    from cadis_core.zoo.card import _train_line
+
+    first = train_classifier(_cfg(tmp_path, "first"))
+    stage2 = replace(_cfg(tmp_path, "second"), steps=2, lr=1e-9, seed=4, init_from=str(first))
+    second = train_classifier(stage2)
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    # with a negligible learning rate the second stage stays at the first stage's weights
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    fresh = load_file(train_classifier(replace(stage2, out=str(tmp_path / "fresh"), export=str(tmp_path / "fx"),
+                                                init_from=None)) / "model.safetensors")
+    assert not all(torch.allclose(a[k], fresh[k], atol=1e-3) for k in a)
+    info = json.loads((second / "training.json").read_text())
+    assert info["init_from"]["config"]["out"] == str(tmp_path / "first")
+    assert _train_line(info).startswith("6 steps × batch 16 (seed 3") and ", then 2 steps" in _train_line(info)

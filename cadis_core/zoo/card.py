@@ -106,11 +106,15 @@ def _vit_line(path: Path) -> str:
 
 
 def _train_line(t: dict) -> str:
+    """The training recipe, one clause per stage (a stage may start from an earlier stage's export)."""
     if not t:
         return "not recorded"
-    c = t["config"]
-    return (f"{c['steps']} steps × batch {c['batch_size']}, {t['train_seconds'] / 3600:.2f} h on {t['hardware']} "
-            f"(seed {c['seed']}, lr {c['lr']}, torch {t['torch']})")
+    chain = [t]
+    while "init_from" in chain[-1]:
+        chain.append(chain[-1]["init_from"])
+    stages = [f"{s['config']['steps']} steps × batch {s['config']['batch_size']} (seed {s['config']['seed']}, "
+              f"lr {s['config']['lr']}, {s['train_seconds'] / 3600:.2f} h)" for s in reversed(chain)]
+    return f"{', then '.join(stages)} on {t['hardware']}, torch {t['torch']}"
 
 
 def render_card(card: dict) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_model
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
@@ -39,6 +40,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_minutes: float = 3.0
     ema_decay: float = 0.999
+    init_from: str | None = None  # an exported model to start from (a second training stage)
     # denoiser only
     beta_schedule: str = "linear"
     focus_fraction: float = 0.5
@@ -140,6 +142,8 @@ def train_denoiser(cfg: TrainConfig, stop_at: int | None = None) -> Path | None:
     train = load_dataset("fashion-mnist", "train")
     images = train.images * 2 - 1
     unet, scheduler = fmnist_unet(), fmnist_scheduler(cfg.beta_schedule)
+    if cfg.init_from:
+        unet = DiffusionDenoiser.from_pretrained(cfg.init_from).unet
     ac = scheduler.alphas_cumprod
     t_lo, t_hi = (timestep_for_sigma(ac, s) for s in cfg.focus_sigmas)
 
@@ -177,6 +181,8 @@ def train_classifier(cfg: TrainConfig, stop_at: int | None = None) -> Path | Non
     torch.manual_seed(cfg.seed)
     train = load_dataset("fashion-mnist", "train")
     model = fmnist_vit(len(train.classes))
+    if cfg.init_from:
+        load_model(model, Path(cfg.init_from) / "model.safetensors")
     mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(model.pretrained_cfg["std"]).view(1, -1, 1, 1)
 
@@ -201,6 +207,8 @@ def _write_training_info(cfg: TrainConfig, export: Path) -> None:
     state = json.loads((Path(cfg.out) / "checkpoint" / "state.json").read_text())
     info = {"config": asdict(cfg), "train_seconds": round(state["elapsed_s"], 1),
             "hardware": _hardware(), "torch": torch.__version__}
+    if cfg.init_from:  # the earlier stage's record, so the whole recipe stays reproducible
+        info["init_from"] = json.loads((Path(cfg.init_from) / "training.json").read_text())
     (export / "training.json").write_text(json.dumps(info, indent=2))
 
 
