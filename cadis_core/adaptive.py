@@ -1,21 +1,24 @@
 """Adaptive CERTIFY: sample in stages and stop once more draws cannot change the outcome that matters.
 
 CERTIFY spends all N estimation draws on every image. Here the draws come in a geometric schedule of
-looks n_1 < n_2 < ... < n_K = N, and each look bounds p_A at level α/K (Bonferroni). We stop early
+looks n_1 < n_2 < ... < n_K = N, and look k bounds p_A at level α_k with Σ α_k = α (Bonferroni; half of
+α goes to the final look). We stop early
 
 - to abstain, when even the upper bound on p_A is below 1/2 (more draws would not certify), or
-- to certify, when the radius now is within `tolerance` of the best radius the full budget could give
-  (every remaining draw voting c_A), or when no radius in `radii` lies between the two, so a
-  certified-accuracy table at those radii cannot change.
+- to certify, when no radius in `radii` lies between the radius now and the best radius the full
+  budget could still give (the remaining draws voting c_A at the upper confidence bound on p_A), so a
+  certified-accuracy table at those radii cannot change; with no `radii`, when the two are within
+  `tolerance`.
 
 Soundness: the certificate is wrong only if the lower bound at the look where we stopped exceeds p_A.
 That event lies inside the union of the K events "the bound at look k exceeds p_A", each of probability
-at most α/K, so the whole procedure fails with probability at most α, whatever the stopping rule.
+at most α_k, so the whole procedure fails with probability at most Σ α_k = α, whatever the stopping rule.
 See docs/adaptive.md.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -26,6 +29,8 @@ from .errors import CadisError
 from .smoothing import ABSTAIN, Certificate, Smooth, check_parameters, lower_confidence_bound, radius
 
 FIRST_LOOK = 100
+# Names the stopping rule and the α split in result sidecars, so files made by another rule never resume.
+RULE = "alpha/2 on the final look, projection at the upper bound"
 
 
 def default_tolerance(sigma: float) -> float:
@@ -41,6 +46,14 @@ def look_schedule(n: int, first: int = FIRST_LOOK) -> list[int]:
     return looks[::-1]
 
 
+def look_levels(alpha: float, looks: int) -> list[float]:
+    """The level of each look: half of α on the final look (where most radii are decided), the other
+    half split evenly over the earlier ones. They sum to α, which is all the union bound needs."""
+    if looks == 1:
+        return [alpha]
+    return [alpha / 2 / (looks - 1)] * (looks - 1) + [alpha / 2]
+
+
 def upper_confidence_bound(k: int, n: int, alpha: float) -> float:
     """One-sided (1 - α) Clopper-Pearson upper bound on p from k successes in n trials."""
     return 1.0 if k == n else float(beta.ppf(1 - alpha, k + 1, n - k))
@@ -51,10 +64,13 @@ def _radius(sigma: float, p: float) -> float:
 
 
 def decided(now: float, best: float, tolerance: float, radii: Sequence[float]) -> bool:
-    """True when the radius certified now is close enough to the best the full budget could certify."""
+    """True when more draws no longer matter: with `radii`, when none of them lies in (now, best], so a
+    certified-accuracy table at those radii cannot change; without, when best is within `tolerance`."""
     if now == -np.inf:  # nothing certified yet
         return False
-    return best - now <= tolerance or (len(radii) > 0 and not any(now < r <= best for r in radii))
+    if len(radii) > 0:
+        return not any(now < r <= best for r in radii)
+    return best - now <= tolerance
 
 
 def certify_sequential(draw: Callable[[int], np.ndarray], sigma: float, n0: int, n: int, alpha: float,
@@ -64,18 +80,21 @@ def certify_sequential(draw: Callable[[int], np.ndarray], sigma: float, n0: int,
     if tolerance < 0:
         raise CadisError(f"tolerance must be >= 0 (got {tolerance}).")
     looks = look_schedule(n, first_look)
-    level = alpha / len(looks)
+    levels = look_levels(alpha, len(looks))
     c_a = int(draw(n0).argmax())
     counts, drawn = None, 0
-    for look in looks:
+    for look, level in zip(looks, levels):
         new = draw(look - drawn)
         counts, drawn = (new if counts is None else counts + new), look
         n_a = int(counts[c_a])
         p_a = lower_confidence_bound(n_a, drawn, level)
         if drawn == n:
             break
-        best = lower_confidence_bound(n_a + n - drawn, n, level)  # every remaining draw votes c_A
-        if best < 0.5 or upper_confidence_bound(n_a, drawn, level) < 0.5:
+        # What the full budget could still certify, optimistically: the remaining draws vote c_A at
+        # the upper confidence bound on p_A. Any stopping rule keeps the union bound; this one is efficient.
+        upper = upper_confidence_bound(n_a, drawn, level)
+        best = lower_confidence_bound(n_a + math.ceil((n - drawn) * upper), n, levels[-1])
+        if best < 0.5 or upper < 0.5:
             break  # futile: abstain now
         if decided(_radius(sigma, p_a), _radius(sigma, best), tolerance, radii):
             break

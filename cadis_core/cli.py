@@ -91,9 +91,10 @@ def _certify_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adaptive", action="store_true",
                    help="stop sampling an image once the outcome is decided (sound at level alpha; docs/adaptive.md)")
     p.add_argument("--tolerance", type=float, default=None,
-                   help="adaptive: stop when the radius is this close to the full budget's best (default sigma/10)")
+                   help="adaptive, without --radii: stop when the radius is this close to the full budget's best "
+                        "(default sigma/10)")
     p.add_argument("--radii", default="",
-                   help="adaptive: comma-separated radii of interest; stop once no more of them can be crossed")
+                   help="adaptive: comma-separated radii of interest; stop once none of them can still be crossed")
     p.add_argument("--out", required=True, help="result TSV (a sidecar .json gets the configuration)")
     p.add_argument("--fresh", action="store_true", help="overwrite an existing result file")
 
@@ -123,7 +124,7 @@ def _cuda() -> bool:
 def _run_certify(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .adaptive import FIRST_LOOK, certify_adaptive, default_tolerance
+    from .adaptive import FIRST_LOOK, RULE, certify_adaptive, default_tolerance
     from .classifier import load_classifier
     from .data import load_dataset
     from .denoiser import DiffusionDenoiser
@@ -172,10 +173,10 @@ def _run_certify(args: argparse.Namespace) -> None:
     adaptive = None
     if args.adaptive:
         tolerance = default_tolerance(sigma) if args.tolerance is None else args.tolerance
-        adaptive = {"tolerance": tolerance, "radii": radii, "first_look": FIRST_LOOK}
+        adaptive = {"tolerance": tolerance, "radii": radii, "first_look": FIRST_LOOK, "rule": RULE}
 
         def certify(x, seed):
-            return certify_adaptive(smooth, x, n0, n, args.alpha, seed, **adaptive)
+            return certify_adaptive(smooth, x, n0, n, args.alpha, seed, tolerance, radii)
     out = shard_path(Path(args.out), shard)
     config = {"preset": args.preset, "denoiser": str(denoiser_spec), "classifier": str(classifier_spec),
               "dataset": dataset_name, "split": args.split, "sigma": sigma, "n0": n0, "n": n, "alpha": args.alpha,

@@ -9,7 +9,7 @@ from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 from test_statistics import smooth_with
 
-from cadis_core.adaptive import certify_adaptive, certify_sequential, look_schedule, upper_confidence_bound
+from cadis_core.adaptive import certify_adaptive, certify_sequential, look_levels, look_schedule, upper_confidence_bound
 from cadis_core.errors import CadisError
 from cadis_core.smoothing import ABSTAIN, lower_confidence_bound
 
@@ -25,6 +25,11 @@ def test_look_schedule_is_geometric_and_ends_at_n():
     assert look_schedule(50) == [50]
 
 
+def test_look_levels_sum_to_alpha_with_half_on_the_final_look():
+    assert look_levels(0.001, 4) == pytest.approx([0.001 / 6] * 3 + [0.0005])
+    assert sum(look_levels(0.05, 7)) == pytest.approx(0.05) and look_levels(0.05, 1) == [0.05]
+
+
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (999, 1000), (1000, 1000)])
 def test_upper_bound_matches_statsmodels(k, n):
     expected = proportion_confint(k, n, alpha=2 * 0.01, method="beta")[1]
@@ -32,9 +37,9 @@ def test_upper_bound_matches_statsmodels(k, n):
 
 
 def test_all_votes_for_one_class_stop_at_the_first_look_past_the_largest_radius():
-    # σ=0.25, N=1000, α/K = 0.001/4. All-hits bounds: (α/K)^(1/n), radius at n=250 is 0.461,
-    # at 500 it is 0.533, and the full budget's best is 0.599; 0.5 is the largest radius of interest.
-    sigma, level = 0.25, 0.001 / 4
+    # σ=0.25, N=1000, early looks at level α/6. All-hits bounds: (α/6)^(1/n), radius at n=250 is 0.456,
+    # at 500 it is 0.528, and the full budget's best (level α/2) is 0.613; 0.5 is the largest radius of interest.
+    sigma, level = 0.25, 0.001 / 6
     cert = certify_sequential(multinomial_source([1.0, 0.0], 0), sigma, 100, 1000, 0.001,
                               tolerance=0.0, radii=[0.25, 0.5])
     assert cert.n == 500 and cert.prediction == 0 and cert.count_a == 500
@@ -43,8 +48,8 @@ def test_all_votes_for_one_class_stop_at_the_first_look_past_the_largest_radius(
 
 
 def test_tolerance_stops_once_the_radius_is_close_to_the_full_budget_best():
-    sigma, level = 0.5, 0.001 / 4
-    best = sigma * norm.ppf(level ** (1 / 1000))
+    sigma, level = 0.5, 0.001 / 6
+    best = sigma * norm.ppf((0.001 / 2) ** (1 / 1000))  # the final look has level α/2
     at = {n: sigma * norm.ppf(level ** (1 / n)) for n in (125, 250, 500)}
     tolerance = best - at[250] + 1e-9  # close enough at 250, not at 125
     cert = certify_sequential(multinomial_source([1.0, 0.0], 0), sigma, 100, 1000, 0.001, tolerance)
@@ -56,11 +61,23 @@ def test_a_losing_top_class_abstains_at_the_first_look():
     assert cert.prediction == ABSTAIN and cert.n == 125
 
 
-def test_zero_tolerance_and_no_radii_spend_the_full_budget_at_the_bonferroni_level():
+def test_zero_tolerance_and_no_radii_spend_the_full_budget_at_the_final_look_level():
     cert = certify_sequential(multinomial_source([0.9, 0.1], 2), 0.5, 100, 1000, 0.001, 0.0)
     assert cert.n == 1000
-    assert cert.p_a_lower == pytest.approx(lower_confidence_bound(cert.count_a, 1000, 0.001 / 4))
+    assert cert.p_a_lower == pytest.approx(lower_confidence_bound(cert.count_a, 1000, 0.001 / 2))
     assert cert.radius == pytest.approx(0.5 * norm.ppf(cert.p_a_lower))
+
+
+@pytest.mark.parametrize("p", [0.9, 0.95])
+def test_the_projection_stops_early_yet_keeps_the_full_budget_radius_within_tolerance(p):
+    # Below p≈1 the full budget's radius is predictable: it mostly stops by N/2, and the radius
+    # it certifies is (almost always) within the tolerance of the one the full budget gives at level α/K.
+    sigma, n, tolerance = 0.5, 10000, 0.05
+    full = sigma * norm.ppf(lower_confidence_bound(int(p * n), n, look_levels(0.001, len(look_schedule(n)))[-1]))
+    certs = [certify_sequential(multinomial_source([p, 1 - p], t), sigma, 100, n, 0.001, tolerance)
+             for t in range(200)]
+    assert np.median([c.n for c in certs]) <= n / 2
+    assert np.mean([c.radius < full - tolerance - 0.01 for c in certs]) <= 0.03
 
 
 def test_negative_tolerance_is_refused():
@@ -86,13 +103,13 @@ def test_adaptive_certificates_hold_at_level_alpha_by_simulation(p, tolerance, r
     assert rate <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / trials)
 
 
-def peeking_failure_rate(p: float, level_per_look: float, n: int, trials: int) -> float:
+def peeking_failure_rate(p: float, levels: list[float], n: int, trials: int) -> float:
     """The worst stopping rule: an adversary who knows p stops at the first look whose bound exceeds it."""
     looks, fails = look_schedule(n, 25), 0
     rng = np.random.default_rng(0)
     for _ in range(trials):
         draws = rng.random(n) < p
-        fails += any(lower_confidence_bound(int(draws[:k].sum()), k, level_per_look) > p for k in looks)
+        fails += any(lower_confidence_bound(int(draws[:k].sum()), k, lv) > p for k, lv in zip(looks, levels))
     return fails / trials
 
 
@@ -100,15 +117,16 @@ def test_bonferroni_survives_an_adversarial_stopping_rule_that_breaks_naive_peek
     alpha, n, p, trials = 0.05, 400, 0.7, 4000
     se = 3 * np.sqrt(alpha * (1 - alpha) / trials)
     assert len(look_schedule(n, 25)) == 5
-    assert peeking_failure_rate(p, alpha, n, trials) > alpha + se  # the simulation can see a broken procedure
-    assert peeking_failure_rate(p, alpha / 5, n, trials) <= alpha + se
+    assert peeking_failure_rate(p, [alpha] * 5, n, trials) > alpha + se  # the simulation sees a broken procedure
+    assert peeking_failure_rate(p, look_levels(alpha, 5), n, trials) <= alpha + se
 
 
 def test_adaptive_through_the_engine_matches_the_closed_form_and_saves_draws():
     smooth, x = smooth_with([0.999, 0.001], sigma=0.5)
     cert = certify_adaptive(smooth, x, n0=100, n=10000, alpha=0.001, seed=3, radii=[0.5, 1.0])
     assert cert.prediction == 0 and cert.radius >= 1.0 and cert.n < 10000
-    assert cert.radius == pytest.approx(0.5 * norm.ppf(lower_confidence_bound(cert.count_a, cert.n, 0.001 / 7)))
+    early_level = 0.001 / 12
+    assert cert.radius == pytest.approx(0.5 * norm.ppf(lower_confidence_bound(cert.count_a, cert.n, early_level)))
     again = certify_adaptive(smooth, x, n0=100, n=10000, alpha=0.001, seed=3, radii=[0.5, 1.0])
     assert (again.n, again.count_a) == (cert.n, cert.count_a)
     torch.testing.assert_close(torch.as_tensor(again.counts), torch.as_tensor(cert.counts))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cadis_core.adaptive import RULE
 from cadis_core.cli import main
 
 from conftest import ROOT
@@ -148,7 +149,7 @@ def test_adaptive_cli_records_its_settings_and_the_draws_each_image_used(tiny_de
     df = _rows(out)
     assert df["n"].isin([100, 200, 400]).all()  # the looks of N=400
     cfg = json.loads((tmp_path / "adaptive.json").read_text())
-    assert cfg["adaptive"] == {"tolerance": 0.025, "radii": [0.25, 0.5], "first_look": 100}
+    assert cfg["adaptive"] == {"tolerance": 0.025, "radii": [0.25, 0.5], "first_look": 100, "rule": RULE}
     assert cfg["acceleration"] == {"precision": "fp32", "channels_last": False, "compile": False}
     # The same file without --adaptive is another configuration.
     assert main(args) == 2
