@@ -262,6 +262,7 @@ def _results_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("results", help="the embedded benchmark: fine-tune, certify and tabulate (resumable)")
     p.add_argument("--stage", default="all", choices=["all", "finetune", "certify", "report"])
     p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps per run")
+    p.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5], help="noise levels, run in this order")
     p.add_argument("--max", type=int, default=500, help="certify the first K test images")
     p.add_argument("--n", type=int, default=1000, help="draws per certificate")
     p.add_argument("--threads", type=int, default=0)
@@ -275,7 +276,8 @@ def _results_parser(sub: argparse._SubParsersAction) -> None:
 def _run_results(args: argparse.Namespace) -> None:
     from .results import run_all
 
-    print(run_all(args.stage, args.steps, args.max, args.n, args.threads, args.precision, args.compile))
+    print(run_all(args.stage, args.steps, args.max, args.n, args.threads, args.precision, args.compile,
+                  args.sigmas))
 
 
 def build_parser() -> argparse.ArgumentParser:
