@@ -42,7 +42,7 @@ def _zoo_parser(sub: argparse._SubParsersAction) -> None:
 def _run_zoo(args: argparse.Namespace) -> None:
     import torch
 
-    from .zoo.training import TrainConfig, train_classifier, train_denoiser
+    from .zoo.training import ClassifierTrainConfig, DenoiserTrainConfig, train_classifier, train_denoiser
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,9 +56,9 @@ def _run_zoo(args: argparse.Namespace) -> None:
               weight_decay=args.weight_decay, warmup=args.warmup, seed=args.seed,
               checkpoint_minutes=args.checkpoint_minutes, init_from=args.init_from)
     if args.zoo_command == "train-denoiser":
-        path = train_denoiser(TrainConfig(beta_schedule=args.beta_schedule, **kw), args.stop_at)
+        path = train_denoiser(DenoiserTrainConfig(beta_schedule=args.beta_schedule, **kw), args.stop_at)
     else:
-        path = train_classifier(TrainConfig(**kw), args.stop_at)
+        path = train_classifier(ClassifierTrainConfig(**kw), args.stop_at)
     print(f"saved {path}" if path else f"stopped at step {args.stop_at}; re-run without --stop-at to continue")
 
 

@@ -6,12 +6,12 @@ import torch
 from safetensors.torch import load_file
 
 from cadis_core.zoo.architectures import count_flops, fmnist_unet, fmnist_vit
-from cadis_core.zoo.training import TrainConfig, batch_indices, train_classifier, warmup_cosine
+from cadis_core.zoo.training import ClassifierTrainConfig, batch_indices, train_classifier, warmup_cosine
 
 
 def _cfg(tmp_path, name):
-    return TrainConfig(out=str(tmp_path / name), export=str(tmp_path / f"{name}-export"), steps=6, batch_size=16,
-                       lr=1e-3, weight_decay=0.05, warmup=2, seed=3)
+    return ClassifierTrainConfig(out=str(tmp_path / name), export=str(tmp_path / f"{name}-export"), steps=6,
+                                 batch_size=16, lr=1e-3, weight_decay=0.05, warmup=2, seed=3)
 
 
 def test_interrupted_and_resumed_training_equals_an_uninterrupted_run(tmp_path):

@@ -30,6 +30,8 @@ from .architectures import fmnist_scheduler, fmnist_unet, fmnist_vit
 
 @dataclass
 class TrainConfig:
+    """What both trainers share. A run resumes only under the same configuration."""
+
     out: str
     export: str
     steps: int
@@ -41,11 +43,17 @@ class TrainConfig:
     checkpoint_minutes: float = 3.0
     ema_decay: float = 0.999
     init_from: str | None = None  # an exported model to start from (a second training stage)
-    # denoiser only
+
+
+@dataclass
+class DenoiserTrainConfig(TrainConfig):
     beta_schedule: str = "linear"
-    focus_fraction: float = 0.5
+    focus_fraction: float = 0.5  # share of timesteps drawn from the σ range we certify at
     focus_sigmas: tuple[float, float] = (0.1, 1.2)
-    # classifier only
+
+
+@dataclass
+class ClassifierTrainConfig(TrainConfig):
     label_smoothing: float = 0.1
 
 
@@ -136,7 +144,7 @@ def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def train_denoiser(cfg: TrainConfig, stop_at: int | None = None) -> Path | None:
+def train_denoiser(cfg: DenoiserTrainConfig, stop_at: int | None = None) -> Path | None:
     """ε-prediction DDPM training; a share of timesteps is drawn from the σ range we certify at."""
     torch.manual_seed(cfg.seed)
     train = load_dataset("fashion-mnist", "train")
@@ -176,7 +184,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tenso
     return x.gather(3, cols)
 
 
-def train_classifier(cfg: TrainConfig, stop_at: int | None = None) -> Path | None:
+def train_classifier(cfg: ClassifierTrainConfig, stop_at: int | None = None) -> Path | None:
     """A small timm ViT trained on clean Fashion-MNIST only (crop + flip, label smoothing)."""
     torch.manual_seed(cfg.seed)
     train = load_dataset("fashion-mnist", "train")
