@@ -25,6 +25,8 @@ from .smoothing import DenoisedSmoothing
 
 RESULTS = ASSETS / "results"
 FINETUNED = ASSETS / "models" / "finetuned"
+README = ASSETS.parent / "README.md"
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 METHODS = ("none", "denoised-ce", "ft-cadis")
 SIGMAS = (0.25, 0.5)
 
@@ -96,12 +98,25 @@ def write_report(radii=DEFAULT_RADII) -> str:
         cost.to_csv(RESULTS / "finetune_cost.csv")
         markdown += "\n\nFine-tuning cost\n\n" + cost.to_markdown(floatfmt=".1f")
     (RESULTS / "summary.md").write_text(markdown + "\n")
+    update_readme_block(README, markdown)
     for sigma in SIGMAS:
         subset = {k: v for k, v in results.items() if v.attrs["config"].get("sigma") == sigma}
         if subset:
             certified_accuracy_figure(subset).write_html(RESULTS / f"certified_accuracy_s{sigma:g}.html",
                                                          include_plotlyjs="cdn")
     return markdown
+
+
+def update_readme_block(readme: Path, markdown: str) -> bool:
+    """Put `markdown` between the README's results markers (if it has them); True when it did."""
+    if not readme.exists():
+        return False
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    readme.write_text(text[: start + len(README_START)] + "\n" + markdown + "\n" + text[end:])
+    return True
 
 
 def finetuning_cost() -> pd.DataFrame | None:

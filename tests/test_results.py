@@ -8,6 +8,7 @@ from cadis_core import results
 def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(results, "FINETUNED", tmp_path / "finetuned")
+    monkeypatch.setattr(results, "README", tmp_path / "README.md")  # never the repository's own
     methods, sigmas = ("none", "ft-cadis"), (0.25,)
     results.run_finetuning(methods, sigmas, steps=2, runs=tmp_path / "runs")
     adapter = tmp_path / "finetuned" / "ft-cadis-s0.25"
@@ -20,3 +21,13 @@ def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
     table = results.write_report()
     assert "ft-cadis σ=0.25" in table and "none σ=0.25" in table
     assert (tmp_path / "results" / "certified_accuracy_s0.25.html").exists()
+
+
+def test_the_readme_block_between_the_markers_is_replaced(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{results.README_START}\nold table\n{results.README_END}\noutro\n")
+    assert results.update_readme_block(readme, "| new | table |")
+    assert readme.read_text() == f"intro\n{results.README_START}\n| new | table |\n{results.README_END}\noutro\n"
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert not results.update_readme_block(plain, "x") and plain.read_text() == "no markers\n"
