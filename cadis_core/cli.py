@@ -263,6 +263,10 @@ def _results_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stage", default="all", choices=["all", "finetune", "certify", "report"])
     p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps per run")
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5], help="noise levels, run in this order")
+    from .objective import METHODS
+
+    p.add_argument("--methods", nargs="+", default=["none", "denoised-ce", "ft-cadis"], choices=METHODS,
+                   help="add the ablations sce-only (no L_MAdv) and ce-madv (no selection) here")
     p.add_argument("--max", type=int, default=500, help="certify the first K test images")
     p.add_argument("--n", type=int, default=1000, help="draws per certificate")
     p.add_argument("--threads", type=int, default=0)
@@ -277,7 +281,7 @@ def _run_results(args: argparse.Namespace) -> None:
     from .results import run_all
 
     print(run_all(args.stage, args.steps, args.max, args.n, args.threads, args.precision, args.compile,
-                  args.sigmas))
+                  args.sigmas, args.methods))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -135,15 +135,15 @@ def finetuning_cost() -> pd.DataFrame | None:
 
 
 def run_all(stage: str = "all", steps: int = 1000, max_images: int = 500, n: int = 1000, threads: int = 0,
-            precision: str = "fp32", compile: bool = False, sigmas=SIGMAS) -> str:
+            precision: str = "fp32", compile: bool = False, sigmas=SIGMAS, methods=METHODS) -> str:
     """Every stage, one σ at a time (its results are complete before the next σ starts);
     `precision`/`compile` speed up certification (and `compile` fine-tuning)."""
     if threads:
         torch.set_num_threads(threads)
     for sigma in sigmas:
         if stage in ("all", "finetune"):
-            run_finetuning(sigmas=(sigma,), steps=steps, compile=compile)
+            run_finetuning(methods, (sigma,), steps=steps, compile=compile)
         if stage in ("all", "certify"):
-            run_certification(sigmas=(sigma,), max_images=max_images, n=n,
+            run_certification(methods, (sigma,), max_images=max_images, n=n,
                               acceleration=Acceleration(precision, compile=compile))
     return write_report()
