@@ -67,14 +67,21 @@ if rows:
 st.header("Certified accuracy vs radius")
 files = result_files()
 shipped, problems = load_results(files)
-runs = {**shipped, **session_results(st.session_state.get("cert_history", []))}
+session = session_results(st.session_state.get("cert_history", []))
+runs = {**session, **shipped}
 for p in problems:
     st.warning(f"Skipped {p}")
 if not runs:
     st.info("No results yet: none shipped in assets/results/, none under runs/, and no labelled image certified "
             "in this session. Certify test images above, or run `python -m cadis_core certify …`.")
 else:
-    chosen = st.multiselect("Runs (methods, σ)", list(runs), default=list(runs)[:6], key="cert_runs")
+    seen = st.session_state.setdefault("cert_seen", set())
+    previous = st.session_state.get("cert_runs", list(runs)[:6])
+    # runs certified since the last rerun join the comparison; runs that went away leave it
+    st.session_state["cert_runs"] = list(dict.fromkeys([*[k for k in session if k not in seen],
+                                                        *[k for k in previous if k in runs]]))
+    seen.update(runs)
+    chosen = st.multiselect("Runs (methods, σ)", list(runs), key="cert_runs")
     if chosen:
         picked = {k: runs[k] for k in chosen}
         envelope = st.checkbox("Best-σ envelope", value=False, key="cert_envelope")

@@ -14,6 +14,7 @@ from cadis_core.ui_support import (
     detector_summary,
     draws_frame,
     roc_curve,
+    runs_dir,
     score_images,
     strip,
     to_uint8,
@@ -47,8 +48,10 @@ seed = int(c4.number_input("Noise seed", 0, 10**6, 0, key="hal_seed"))
 
 choices = finetuned_choices()
 if choices:
+    own = [(path.stat().st_mtime, i) for i, path in enumerate(choices.values()) if runs_dir() in path.parents]
     tuned = st.selectbox("Fine-tuned classifier to compare", ["(none)", *choices], key="hal_tuned",
-                         index=len(choices), help="runs/finetune/*/model and assets/models/finetuned/*")
+                         index=max(own)[1] + 1 if own else 0,  # the user's newest run, else none
+                         help="runs/finetune/*/model and assets/models/finetuned/*")
 else:
     tuned = "(none)"
     st.info("No fine-tuned classifier yet (`runs/finetune/*/model` or `assets/models/finetuned/*`): showing the "
