@@ -92,11 +92,11 @@ def write_report(radii=DEFAULT_RADII) -> str:
     results = merge_results(files)
     table = summary_table(results, radii)
     table.to_csv(RESULTS / "summary.csv")
-    markdown = table.to_markdown(floatfmt=".3f")
+    markdown = table.to_markdown(floatfmt=["", ".0f", ".2f", *[".3f"] * (len(table.columns) - 2)])
     cost = finetuning_cost()
     if cost is not None:
         cost.to_csv(RESULTS / "finetune_cost.csv")
-        markdown += "\n\nFine-tuning cost\n\n" + cost.to_markdown(floatfmt=".1f")
+        markdown += "\n\nFine-tuning cost\n\n" + cost.to_markdown(floatfmt=["", ".0f", ".0f", ".1f", ".1f", ".2f"])
     (RESULTS / "summary.md").write_text(markdown + "\n")
     update_readme_block(README, markdown)
     for sigma in SIGMAS:
