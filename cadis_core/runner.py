@@ -91,7 +91,7 @@ def certify_dataset(smooth: Smooth, dataset: ImageDataset, out: str | Path, conf
     `certify(x, seed)` replaces the fixed-budget CERTIFY, e.g. with the adaptive one; `n` is then
     the number of estimation draws each image used."""
     certify = certify or (lambda x, s: smooth.certify(x, n0, n, alpha, seed=s))
-    certify_shared_draws(lambda x, s: [certify(x, s)], smooth.sigma, dataset, [(Path(out), config)], indices,
+    _certify_loop(lambda x, s: [certify(x, s)], smooth.sigma, dataset, [(Path(out), config)], indices,
                          n0, alpha, seed, fresh, device)
     return Path(out)
 
@@ -102,13 +102,13 @@ def certify_classifiers(smooth: DenoisedSmoothing, classifiers: Sequence[torch.n
                         ) -> list[Path]:
     """Certify several classifiers behind one denoiser on the same draws, one TSV (and sidecar) each.
     Each file's rows equal what `certify_dataset` writes for that classifier alone; the denoiser runs once."""
-    certify_shared_draws(lambda x, s: smooth.certify_classifiers(x, classifiers, n0, n, alpha, seed=s),
+    _certify_loop(lambda x, s: smooth.certify_classifiers(x, classifiers, n0, n, alpha, seed=s),
                          smooth.sigma, dataset, [(Path(o), c) for o, c in outs], indices, n0, alpha, seed,
                          fresh, device)
     return [Path(o) for o, _ in outs]
 
 
-def certify_shared_draws(certify: Callable[[torch.Tensor, int], list[Certificate]], sigma: float,
+def _certify_loop(certify: Callable[[torch.Tensor, int], list[Certificate]], sigma: float,
                          dataset: ImageDataset, outs: list[tuple[Path, dict[str, Any]]], indices: list[int],
                          n0: int, alpha: float, seed: int, fresh: bool, device: str | torch.device) -> None:
     """The resumable loop: certify each image some file still lacks and append a flushed row to each.
