@@ -7,6 +7,7 @@ interrupted save never leaves a half-written checkpoint. Loading uses safetensor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -57,3 +58,13 @@ def load_checkpoint(directory: str | os.PathLike, models: dict[str, torch.nn.Mod
     except Exception as e:  # safetensors, torch and json each raise their own types
         raise CadisError(f"Checkpoint {directory} is corrupt or from another configuration ({e}). "
                          "Delete it (or pass --fresh) to start over.") from e
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's state (names, dtypes, shapes, values): tells whether two models hold the same weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

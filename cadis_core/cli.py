@@ -263,10 +263,11 @@ def _results_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stage", default="all", choices=["all", "finetune", "certify", "report"])
     p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps per run")
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5], help="noise levels, run in this order")
-    from .objective import METHODS
+    from .results import RUNS
 
-    p.add_argument("--methods", nargs="+", default=["none", "denoised-ce", "ft-cadis"], choices=METHODS,
-                   help="add the ablations sce-only (no L_MAdv) and ce-madv (no selection) here")
+    p.add_argument("--methods", nargs="+", default=["none", "denoised-ce", "ft-cadis"], choices=RUNS,
+                   help="add the ablations sce-only (no L_MAdv) and ce-madv (no selection), or the variant "
+                        "ft-cadis-lam1 (λ=1), here")
     p.add_argument("--max", type=int, default=500, help="certify the first K test images")
     p.add_argument("--n", type=int, default=1000, help="draws per certificate")
     p.add_argument("--threads", type=int, default=0)

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .acceleration import PRECISIONS, Acceleration
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, weights_digest
 from .classifier import ImageClassifier
 from .data import ImageDataset
 from .errors import CadisError
@@ -285,13 +285,19 @@ def _check_out_dir(out: Path, meta: dict[str, Any], state: dict[str, Any] | None
     if (out / "config.json").exists():
         saved.append(json.loads((out / "config.json").read_text()))
     if state is not None:
-        saved.append({"config": state["config"], "classifier": state.get("classifier", meta["classifier"])})
+        saved.append({"config": state["config"], "classifier": state.get("classifier", meta["classifier"]),
+                      "base_weights": state.get("base_weights", meta["base_weights"])})
     for old in saved:
         if _compared(old["config"]) != _compared(meta["config"]) or old.get("classifier") != meta["classifier"]:
             diff = sorted(k for k in meta["config"] if k not in _NOT_COMPARED
                           and old["config"].get(k) != meta["config"][k])
             raise CadisError(f"{out} holds a fine-tuning run with another configuration "
                              f"(differs in: {', '.join(diff) or 'classifier'}); use another --out or delete it.")
+        # Same spec, other weights (a retrained classifier): resuming would mix two bases. Runs from
+        # before the digest was recorded have none and are not checked.
+        if old.get("base_weights", meta["base_weights"]) != meta["base_weights"]:
+            raise CadisError(f"{out} holds a fine-tuning run of other weights under the classifier spec "
+                             f"{meta['classifier']!r} (it was retrained since); use another --out or delete it.")
 
 
 def finetune(config: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageClassifier,
@@ -326,6 +332,7 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
         raise CadisError(f"batch_size {cfg.batch_size} must be a multiple of the number of processes ({n_proc}).")
     device = ddp_device or _device_of(classifier)
     denoiser = denoiser.to(device).eval()
+    base_weights = weights_digest(classifier)
     clf = prepare_classifier(cfg, classifier).to(device)
     if cfg.compile:
         clf.compile()  # in place: parameter names, and so checkpoints and adapters, are unchanged
@@ -335,7 +342,8 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
     opt = make_optimizer(cfg, clf)
     trained = _TrainedState(clf)
 
-    meta = {"config": asdict(cfg), "classifier": clf.spec, "trainable_params": n_trained, "total_params": n_total,
+    meta = {"config": asdict(cfg), "classifier": clf.spec, "base_weights": base_weights,
+            "trainable_params": n_trained, "total_params": n_total,
             "trainable_fraction": n_trained / n_total, "processes": n_proc}
     _check_out_dir(out, meta, None)  # before loading, so a changed setup is reported as such
     state = load_checkpoint(out / "checkpoint", {"trained": trained}, opt)
@@ -362,7 +370,7 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
         if main:
             save_checkpoint(out / "checkpoint", {"trained": trained}, opt,
                             {"step": step, "elapsed_s": elapsed + time.time() - t0, "config": asdict(cfg),
-                             "classifier": clf.spec})
+                             "classifier": clf.spec, "base_weights": base_weights})
         return out / "checkpoint"
 
     train_idx = torch.arange(len(train_set))

@@ -18,7 +18,9 @@ from .acceleration import Acceleration
 from .analysis import DEFAULT_RADII, certified_accuracy_figure, merge_results, summary_table
 from .classifier import load_classifier
 from .data import ASSETS
+from .errors import CadisError
 from .finetune import FinetuneConfig, finetune
+from .objective import METHODS as OBJECTIVE_METHODS
 from .presets import get_preset
 from .runner import certify_classifiers, select_indices
 from .smoothing import DenoisedSmoothing
@@ -29,17 +31,28 @@ README = ASSETS.parent / "README.md"
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 METHODS = ("none", "denoised-ce", "ft-cadis")
 SIGMAS = (0.25, 0.5)
+# Named runs that change a hyperparameter of a method: name -> (method, FinetuneConfig overrides).
+VARIANTS = {"ft-cadis-lam1": ("ft-cadis", {"lam": 1.0})}
+RUNS = (*OBJECTIVE_METHODS, *VARIANTS)
 
 
-def finetune_config(method: str, sigma: float, steps: int, runs: Path, compile: bool = False) -> FinetuneConfig:
-    return FinetuneConfig(out=str(runs / f"fashion-mnist-{method}-s{sigma:g}"), method=method, sigma=sigma,
+def run_method(run: str) -> tuple[str, dict]:
+    """The objective method of a run name and its hyperparameter overrides."""
+    if run not in RUNS:
+        raise CadisError(f"Unknown run {run!r}; choose from: {', '.join(RUNS)}.")
+    return VARIANTS.get(run, (run, {}))
+
+
+def finetune_config(run: str, sigma: float, steps: int, runs: Path, compile: bool = False) -> FinetuneConfig:
+    method, overrides = run_method(run)
+    return FinetuneConfig(out=str(runs / f"fashion-mnist-{run}-s{sigma:g}"), method=method, sigma=sigma,
                           steps=steps, batch_size=32, lr=1e-3, warmup=50, eval_every=max(1, steps // 5),
-                          eval_size=500, save_as="adapter", seed=0, compile=compile)
+                          eval_size=500, save_as="adapter", seed=0, compile=compile, **overrides)
 
 
-def classifier_spec(method: str, sigma: float) -> str:
+def classifier_spec(run: str, sigma: float) -> str:
     preset = get_preset("fashion-mnist")
-    return preset.classifier if method == "none" else str(FINETUNED / f"{method}-s{sigma:g}")
+    return preset.classifier if run == "none" else str(FINETUNED / f"{run}-s{sigma:g}")
 
 
 def run_finetuning(methods=METHODS, sigmas=SIGMAS, steps: int = 1000, runs: Path = Path("runs/finetune"),
@@ -49,6 +62,7 @@ def run_finetuning(methods=METHODS, sigmas=SIGMAS, steps: int = 1000, runs: Path
     train, test = preset.load_dataset("train"), preset.load_dataset("test")
     for sigma in sigmas:
         for method in methods:
+            run_method(method)
             target = Path(classifier_spec(method, sigma))
             if method == "none" or (target / "cadis_adapter.json").exists():
                 continue
@@ -74,7 +88,8 @@ def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0:
             config = {"preset": preset.name, "denoiser": preset.denoiser, "classifier": spec,
                       "dataset": preset.dataset, "split": "test", "sigma": sigma, "n0": n0, "n": n, "alpha": alpha,
                       "seed": seed, "batch_size": batch_size, "mode": "one-shot", "skip": 1, "max": max_images,
-                      "method": method, "label": f"{method} σ={sigma:g}", "acceleration": acceleration.describe(),
+                      "method": run_method(method)[0], "run": method, "label": f"{method} σ={sigma:g}",
+                      "acceleration": acceleration.describe(),
                       "adaptive": None, "shared_draws_with": [m for m in methods if m != method]}
             if method != "none":  # the fine-tuning configuration travels with the results
                 config["finetune"] = json.loads((Path(spec) / "finetune.json").read_text())

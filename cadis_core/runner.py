@@ -91,8 +91,8 @@ def certify_dataset(smooth: Smooth, dataset: ImageDataset, out: str | Path, conf
     `certify(x, seed)` replaces the fixed-budget CERTIFY, e.g. with the adaptive one; `n` is then
     the number of estimation draws each image used."""
     certify = certify or (lambda x, s: smooth.certify(x, n0, n, alpha, seed=s))
-    _certify_loop(lambda x, s: [certify(x, s)], smooth.sigma, dataset, [(Path(out), config)], indices,
-                         n0, alpha, seed, fresh, device)
+    _certify_loop(lambda x, s, _: [certify(x, s)], smooth.sigma, dataset, [(Path(out), config)], indices,
+                  n0, alpha, seed, fresh, device)
     return Path(out)
 
 
@@ -102,17 +102,18 @@ def certify_classifiers(smooth: DenoisedSmoothing, classifiers: Sequence[torch.n
                         ) -> list[Path]:
     """Certify several classifiers behind one denoiser on the same draws, one TSV (and sidecar) each.
     Each file's rows equal what `certify_dataset` writes for that classifier alone; the denoiser runs once."""
-    _certify_loop(lambda x, s: smooth.certify_classifiers(x, classifiers, n0, n, alpha, seed=s),
-                         smooth.sigma, dataset, [(Path(o), c) for o, c in outs], indices, n0, alpha, seed,
-                         fresh, device)
+    _certify_loop(lambda x, s, wanted: smooth.certify_classifiers(x, [classifiers[k] for k in wanted], n0, n,
+                                                                  alpha, seed=s),
+                  smooth.sigma, dataset, [(Path(o), c) for o, c in outs], indices, n0, alpha, seed, fresh, device)
     return [Path(o) for o, _ in outs]
 
 
-def _certify_loop(certify: Callable[[torch.Tensor, int], list[Certificate]], sigma: float,
-                         dataset: ImageDataset, outs: list[tuple[Path, dict[str, Any]]], indices: list[int],
-                         n0: int, alpha: float, seed: int, fresh: bool, device: str | torch.device) -> None:
-    """The resumable loop: certify each image some file still lacks and append a flushed row to each.
-    The time column is the image's wall time shared equally among the files."""
+def _certify_loop(certify: Callable[[torch.Tensor, int, list[int]], list[Certificate]], sigma: float,
+                  dataset: ImageDataset, outs: list[tuple[Path, dict[str, Any]]], indices: list[int],
+                  n0: int, alpha: float, seed: int, fresh: bool, device: str | torch.device) -> None:
+    """The resumable loop: certify each image for the files that still lack it (`certify(x, seed, wanted)`
+    gives one certificate per wanted file position) and append a flushed row to each of them.
+    The time column is the image's wall time shared equally among those files."""
     done = [prepare_output(out, config, fresh) for out, config in outs]
     todo = [i for i in indices if any(i not in d for d in done)]
     bar = tqdm(todo, desc=f"certify σ={sigma}", unit="img", initial=len(indices) - len(todo), total=len(indices))
@@ -120,17 +121,16 @@ def _certify_loop(certify: Callable[[torch.Tensor, int], list[Certificate]], sig
     try:
         for idx in bar:
             x, label = dataset[idx]
+            wanted = [k for k, d in enumerate(done) if idx not in d]
             start = time.time()
-            certs = certify(x.to(device), seed * 1_000_003 + idx)
+            certs = certify(x.to(device), seed * 1_000_003 + idx, wanted)
             elapsed = time.time() - start
-            for f, d, cert in zip(files, done, certs):
-                if idx in d:
-                    continue
+            for k, cert in zip(wanted, certs):
                 row = [idx, label, cert.prediction, f"{cert.radius:.4f}", int(cert.prediction == label),
-                       f"{elapsed / len(outs):.3f}", cert.count_a, cert.n, f"{cert.p_a_lower:.6f}", sigma, alpha]
-                f.write("\t".join(map(str, row)) + "\n")
-                f.flush()
-            bar.set_postfix(samples_per_s=f"{len(outs) * (n0 + certs[0].n) / elapsed:.0f}")
+                       f"{elapsed / len(wanted):.3f}", cert.count_a, cert.n, f"{cert.p_a_lower:.6f}", sigma, alpha]
+                files[k].write("\t".join(map(str, row)) + "\n")
+                files[k].flush()
+            bar.set_postfix(samples_per_s=f"{len(wanted) * (n0 + certs[0].n) / elapsed:.0f}")
     finally:
         for f in files:
             f.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from cadis_core.checkpoint import weights_digest
 from cadis_core.classifier import load_classifier
 from cadis_core.data import ImageDataset, load_dataset
 from cadis_core.denoiser import DiffusionDenoiser
@@ -192,6 +194,17 @@ def test_config_mismatch_is_refused(uninterrupted, models, data):
     cfg, path, _ = uninterrupted
     with pytest.raises(CadisError, match="lr"):
         finetune(config(cfg.out, lr=0.01), *models, *data)
+
+
+def test_a_retrained_base_classifier_is_refused(uninterrupted, models, data):
+    cfg, path, _ = uninterrupted
+    denoiser, classifier = models
+    retrained = copy.deepcopy(classifier)  # same spec, other weights
+    with torch.no_grad():
+        next(retrained.parameters()).add_(0.01)
+    assert weights_digest(retrained) != weights_digest(classifier) == weights_digest(copy.deepcopy(classifier))
+    with pytest.raises(CadisError, match="other weights"):
+        finetune(cfg, denoiser, retrained, *data)
 
 
 def test_method_none_evaluates_and_saves_the_classifier_unchanged(models, data, tmp_path):

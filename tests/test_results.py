@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cadis_core import results
+from cadis_core.errors import CadisError
 
 
 def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
@@ -31,3 +34,13 @@ def test_the_readme_block_between_the_markers_is_replaced(tmp_path):
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
     assert not results.update_readme_block(plain, "x") and plain.read_text() == "no markers\n"
+
+
+def test_a_named_variant_changes_one_hyperparameter_of_its_method(tmp_path):
+    base = results.finetune_config("ft-cadis", 0.25, 10, tmp_path)
+    variant = results.finetune_config("ft-cadis-lam1", 0.25, 10, tmp_path)
+    assert variant.method == "ft-cadis" and variant.lam == 1.0 != base.lam
+    assert variant.out.endswith("fashion-mnist-ft-cadis-lam1-s0.25") and variant.out != base.out
+    assert results.classifier_spec("ft-cadis-lam1", 0.5).endswith("ft-cadis-lam1-s0.5")
+    with pytest.raises(CadisError, match="Unknown run"):
+        results.run_method("ft-cadis-lam2")

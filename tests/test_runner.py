@@ -201,9 +201,15 @@ def test_shared_draw_certification_equals_separate_runs_and_resumes_per_file(tin
     first = outs[0][0]
     first.write_text("".join(first.read_text().splitlines(keepends=True)[:-1]))
     second_before = outs[1][0].read_text()
+    calls = [0, 0]  # head k's forward passes: only the head whose file lacks a row runs
+    hooks = [c.register_forward_hook(lambda *_, k=k: calls.__setitem__(k, calls[k] + 1))
+             for k, c in enumerate(classifiers)]
     certify_classifiers(smooth, classifiers, test, outs, indices, **args)
+    for h in hooks:
+        h.remove()
     pd.testing.assert_frame_equal(_rows(first)[cols], shared[0])
     assert outs[1][0].read_text() == second_before
+    assert calls[0] > 0 and calls[1] == 0
 
 
 def test_batch_size_auto_is_recorded_and_bad_values_are_refused(tiny_denoiser_dir, tiny_classifier_dir, tmp_path,
