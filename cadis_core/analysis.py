@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 
 from .errors import CadisError
 
@@ -81,6 +82,27 @@ def summary_table(results: dict[str, pd.DataFrame], radii=DEFAULT_RADII, envelop
         table.loc["best-σ envelope", cols] = table[cols].max()
     table.index.name = "run"
     return table
+
+
+def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, radii=DEFAULT_RADII) -> pd.DataFrame:
+    """Run `a` against run `b` on the images both certified, radius by radius.
+
+    `a_only` / `b_only` count the images certified at r by one run and not the other; `p_value` is the
+    exact two-sided McNemar test (a binomial test on the discordant images at p = 1/2). Runs certified
+    on shared draws share the noise, so the test sees only what the classifiers changed.
+    """
+    joined = a.merge(b, on="idx", suffixes=("_a", "_b"))
+    if joined.empty:
+        raise CadisError("The two runs have no image in common; a paired comparison needs the same images.")
+    rows = {}
+    for r in radii:
+        hit_a = joined["correct_a"].astype(bool) & (joined["radius_a"] >= r)
+        hit_b = joined["correct_b"].astype(bool) & (joined["radius_b"] >= r)
+        a_only, b_only = int((hit_a & ~hit_b).sum()), int((hit_b & ~hit_a).sum())
+        p_value = binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+        rows[f"r={r:g}"] = {"images": len(joined), "a_only": a_only, "b_only": b_only,
+                            "difference": (a_only - b_only) / len(joined), "p_value": float(p_value)}
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def certified_accuracy_figure(results: dict[str, pd.DataFrame], max_radius: float | None = None,

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .acceleration import Acceleration
-from .analysis import DEFAULT_RADII, certified_accuracy_figure, merge_results, summary_table
+from .analysis import DEFAULT_RADII, certified_accuracy_figure, merge_results, paired_comparison, summary_table
 from .classifier import load_classifier
 from .data import ASSETS
 from .errors import CadisError
@@ -34,6 +34,10 @@ SIGMAS = (0.25, 0.5)
 # Named runs that change a hyperparameter of a method: name -> (method, FinetuneConfig overrides).
 VARIANTS = {"ft-cadis-lam1": ("ft-cadis", {"lam": 1.0})}
 RUNS = (*OBJECTIVE_METHODS, *VARIANTS)
+# Paired comparisons in the report (first against second), where both runs exist at a σ.
+COMPARISONS = (("denoised-ce", "none"), ("ft-cadis", "none"), ("ft-cadis", "denoised-ce"), ("sce-only", "none"),
+               ("ce-madv", "none"), ("ft-cadis", "sce-only"), ("ft-cadis-lam1", "none"),
+               ("ft-cadis-lam1", "ft-cadis"))
 
 
 def run_method(run: str) -> tuple[str, dict]:
@@ -108,6 +112,12 @@ def write_report(radii=DEFAULT_RADII) -> str:
     table = summary_table(results, radii)
     table.to_csv(RESULTS / "summary.csv")
     markdown = table.to_markdown(floatfmt=["", ".0f", ".2f", *[".3f"] * (len(table.columns) - 2)])
+    paired = paired_table(results, radii)
+    if paired is not None:
+        paired.to_csv(RESULTS / "paired.csv")
+        markdown += ("\n\nPaired differences in certified accuracy (points; same images and draws): "
+                     "images only the first run certifies / only the second, and the exact McNemar p-value "
+                     "(per comparison, not corrected for multiplicity)\n\n" + paired.to_markdown())
     cost = finetuning_cost()
     if cost is not None:
         cost.to_csv(RESULTS / "finetune_cost.csv")
@@ -120,6 +130,25 @@ def write_report(radii=DEFAULT_RADII) -> str:
             certified_accuracy_figure(subset).write_html(RESULTS / f"certified_accuracy_s{sigma:g}.html",
                                                          include_plotlyjs="cdn")
     return markdown
+
+
+def paired_table(results: dict[str, pd.DataFrame], radii=DEFAULT_RADII) -> pd.DataFrame | None:
+    """One row per comparison in COMPARISONS and σ: "+3.0 (20/5, p=0.002)" per radius."""
+    by_run = {(df.attrs["config"].get("run", df.attrs["config"].get("method")), df.attrs["config"].get("sigma")): df
+              for df in results.values()}
+    rows = {}
+    for sigma in SIGMAS:
+        for first, second in COMPARISONS:
+            if (first, sigma) in by_run and (second, sigma) in by_run:
+                table = paired_comparison(by_run[first, sigma], by_run[second, sigma], radii)
+                rows[f"{first} vs {second} σ={sigma:g}"] = {
+                    r: f"{100 * t['difference']:+.1f} ({t['a_only']:.0f}/{t['b_only']:.0f}, p={t['p_value']:.2g})"
+                    for r, t in table.iterrows()}
+    if not rows:
+        return None
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "comparison"
+    return table
 
 
 def update_readme_block(readme: Path, markdown: str) -> bool:

@@ -6,8 +6,16 @@ import json
 
 import pytest
 
-from cadis_core.analysis import certified_accuracy, merge_results, read_results, summarize, summary_table
+from cadis_core.analysis import (
+    certified_accuracy,
+    merge_results,
+    paired_comparison,
+    read_results,
+    summarize,
+    summary_table,
+)
 from cadis_core.cli import main
+from cadis_core.errors import CadisError
 
 
 def _write(path, rows, config=None):
@@ -50,3 +58,21 @@ def test_analyze_cli_writes_table_and_figure(tmp_path, capsys):
     assert "ACR" in out and (tmp_path / "f.html").stat().st_size > 1000
     expected_acr = sum(0.1 * i for i in range(8) if i % 4) / 8  # abstains and errors count as radius 0
     assert f"{expected_acr:.3f}" in out
+
+
+def test_paired_comparison_counts_discordant_images_and_gives_mcnemar_exact_p(tmp_path):
+    # 20 images of label 1. At r=0, a certifies 0-14 and b certifies 0-9 and 15-16: a_only 5, b_only 2.
+    a_rows = [(i, 1, 1 if i < 15 else 2, 0.6 if i < 5 else 0.3, 0, 0) for i in range(20)]
+    b_rows = [(i, 1, 1 if i < 10 or i in (15, 16) else -1, 0.6, 0, 0) for i in reversed(range(20))]
+    b_rows.append((99, 1, 1, 0.6, 0, 0))  # an image a lacks is left out of the pairing
+    _write(tmp_path / "a.tsv", a_rows)
+    _write(tmp_path / "b.tsv", b_rows)
+    table = paired_comparison(read_results(tmp_path / "a.tsv"), read_results(tmp_path / "b.tsv"), (0, 0.5))
+    r0, r5 = table.loc["r=0"], table.loc["r=0.5"]
+    assert (r0["images"], r0["a_only"], r0["b_only"]) == (20, 5, 2)
+    assert r0["difference"] == pytest.approx(3 / 20)
+    assert r0["p_value"] == pytest.approx(2 * (1 + 7 + 21) / 2**7)  # 2·P(Bin(7, 1/2) <= 2)
+    # At r=0.5, a keeps images 0-4 and b keeps 0-9, 15, 16: a_only 0, b_only 7, p = 2/2^7.
+    assert (r5["a_only"], r5["b_only"]) == (0, 7) and r5["p_value"] == pytest.approx(2 / 2**7)
+    with pytest.raises(CadisError, match="no image in common"):
+        paired_comparison(read_results(tmp_path / "a.tsv"), read_results(tmp_path / "a.tsv").assign(idx=-1))

@@ -23,6 +23,7 @@ def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
         assert all(len(f.read_text().splitlines()) == 4 for f in files)
     table = results.write_report()
     assert "ft-cadis σ=0.25" in table and "none σ=0.25" in table
+    assert "ft-cadis vs none σ=0.25" in table and (tmp_path / "results" / "paired.csv").exists()
     assert (tmp_path / "results" / "certified_accuracy_s0.25.html").exists()
 
 
