@@ -91,6 +91,11 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, radii=DEFAULT_RADII) -> 
     exact two-sided McNemar test (a binomial test on the discordant images at p = 1/2). Runs certified
     on shared draws share the noise, so the test sees only what the classifiers changed.
     """
+    config_a, config_b = a.attrs.get("config", {}), b.attrs.get("config", {})
+    for key in ("dataset", "split"):
+        if key in config_a and key in config_b and config_a[key] != config_b[key]:
+            raise CadisError(f"The runs certified different data ({key} {config_a[key]!r} vs {config_b[key]!r}); "
+                             "a paired comparison needs the same images.")
     joined = a.merge(b, on="idx", suffixes=("_a", "_b"))
     if joined.empty:
         raise CadisError("The two runs have no image in common; a paired comparison needs the same images.")

@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cadis_core.analysis import DEFAULT_RADII, certified_accuracy_figure, summary_table
+from cadis_core.analysis import DEFAULT_RADII, certified_accuracy_figure, paired_comparison, summary_table
 from cadis_core.errors import CadisError
 from cadis_core.ui_support import certificate_row, certify_one, load_results, result_files, session_results, to_uint8
 from pages._common import bundle, image_picker, route_through_app
@@ -90,3 +90,19 @@ else:
         st.dataframe(table.style.format(precision=3), key="cert_summary")
         st.download_button("Download the ACR table (CSV)", table.to_csv(), "certified_accuracy.csv", "text/csv",
                            key="cert_summary_csv")
+        pairable = [k for k in chosen if k in shipped]  # result files know their dataset indices
+        if len(pairable) >= 2:
+            st.subheader("Paired comparison")
+            st.caption("Image by image, on the images both result files hold: which run certifies an image at r "
+                       "that the other does not, and the exact McNemar test of the difference. Runs made with "
+                       "`python -m cadis_core results` share their noise draws, so only the classifiers differ.")
+            left, right = st.columns(2)
+            first = left.selectbox("Run A", pairable, index=0, key="cert_pair_a")
+            second = right.selectbox("Run B", pairable, index=1, key="cert_pair_b")
+            try:
+                paired = paired_comparison(runs[first], runs[second], DEFAULT_RADII)
+                st.dataframe(paired.rename(columns={"a_only": "only A", "b_only": "only B",
+                                                    "difference": "A − B"}).style.format(
+                    {"A − B": "{:+.3f}", "p_value": "{:.2g}"}), key="cert_paired")
+            except CadisError as e:
+                st.warning(str(e))

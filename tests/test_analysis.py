@@ -76,3 +76,7 @@ def test_paired_comparison_counts_discordant_images_and_gives_mcnemar_exact_p(tm
     assert (r5["a_only"], r5["b_only"]) == (0, 7) and r5["p_value"] == pytest.approx(2 / 2**7)
     with pytest.raises(CadisError, match="no image in common"):
         paired_comparison(read_results(tmp_path / "a.tsv"), read_results(tmp_path / "a.tsv").assign(idx=-1))
+    _write(tmp_path / "train.tsv", a_rows, {"dataset": "fashion-mnist", "split": "train"})
+    _write(tmp_path / "test.tsv", a_rows, {"dataset": "fashion-mnist", "split": "test"})
+    with pytest.raises(CadisError, match="different data"):
+        paired_comparison(read_results(tmp_path / "train.tsv"), read_results(tmp_path / "test.tsv"))

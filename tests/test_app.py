@@ -260,6 +260,16 @@ def test_certification_small_n(bundle, app_env):
     acr = at.dataframe[1].value
     assert acr.loc["demo_s025", "ACR"] == pytest.approx((0.3 + 0.6) / 4)
     assert acr.loc["demo_s025", "abstain"] == pytest.approx(0.25)
+    # Two result files pair up image by image; the session's run (no dataset indices) does not.
+    pd.DataFrame({"idx": [0, 1, 2, 3], "label": [1, 2, 3, 4], "predict": [1, 0, 3, 4],
+                  "radius": [0.3, 0.1, 0.5, 0.2]}).to_csv(runs / "other_s025.tsv", sep="\t", index=False)
+    at.run()
+    at.multiselect(key="cert_runs").set_value(["demo_s025", "other_s025", *runs_offered[:1]]).run()
+    assert_clean(at)
+    assert at.selectbox(key="cert_pair_a").options == ["demo_s025", "other_s025"]
+    paired = at.dataframe[2].value
+    # r=0: demo alone certifies image 1, other alone images 2 and 3.
+    assert (paired.loc["r=0", "only A"], paired.loc["r=0", "only B"], paired.loc["r=0", "images"]) == (1, 2, 4)
 
 
 def test_finetuning_live_run_then_compare(bundle):
