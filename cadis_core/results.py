@@ -24,6 +24,7 @@ from .objective import METHODS as OBJECTIVE_METHODS
 from .presets import get_preset
 from .runner import certify_classifiers, select_indices
 from .smoothing import DenoisedSmoothing
+from .training_curves import comparison_figure
 
 RESULTS = ASSETS / "results"
 FINETUNED = ASSETS / "models" / "finetuned"
@@ -122,6 +123,9 @@ def write_report(radii=DEFAULT_RADII) -> str:
     if cost is not None:
         cost.to_csv(RESULTS / "finetune_cost.csv")
         markdown += "\n\nFine-tuning cost\n\n" + cost.to_markdown(floatfmt=["", ".0f", ".0f", ".1f", ".1f", ".2f"])
+    logs = {d.name: d for d in sorted(FINETUNED.glob("*")) if (d / "metrics.csv").is_file()}
+    if logs:
+        comparison_figure(logs).write_html(RESULTS / "finetune_curves.html", include_plotlyjs="cdn")
     (RESULTS / "summary.md").write_text(markdown + "\n")
     update_readme_block(README, markdown)
     for sigma in SIGMAS:

@@ -5,15 +5,14 @@ import time
 from typing import Any
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
 from cadis_core.data import ImageDataset
 from cadis_core.errors import CadisError
 from cadis_core.finetune import FinetuneConfig
 from cadis_core.objective import METHODS
-from cadis_core.ui_support import FinetuneJob, runs_dir
+from cadis_core.training_curves import comparison_figure, curves_figure, read_metrics
+from cadis_core.ui_support import FinetuneJob, finetuned_models, runs_dir
 from pages._common import bundle, route_through_app, train_split
 
 route_through_app()  # first: a deep link must still go through app.py
@@ -35,23 +34,6 @@ def _training_data(b, source: str) -> tuple[ImageDataset, ImageDataset]:
     half = len(test) // 2
     return (ImageDataset(test.images[half:], test.labels[half:], test.classes, f"{test.name}[{half}:]"),
             ImageDataset(test.images[:half], test.labels[:half], test.classes, f"{test.name}[:{half}]"))
-
-
-def _curves(frame: pd.DataFrame, evals: list[dict[str, Any]]) -> go.Figure:
-    fig = make_subplots(2, 2, subplot_titles=["losses", "selection and mask rate", "accuracy on denoised draws",
-                                              "learning rate"], vertical_spacing=0.15)
-    for col, row, c in [("loss", 1, 1), ("loss_sce", 1, 1), ("loss_madv", 1, 1), ("selection_rate", 1, 2),
-                        ("mask_rate", 1, 2), ("acc_denoised", 2, 1), ("lr", 2, 2)]:
-        if col in frame:
-            fig.add_trace(go.Scatter(x=frame["step"], y=frame[col], mode="lines", name=col), row, c)
-    if evals:
-        ev = pd.DataFrame(evals)
-        fig.add_trace(go.Scatter(x=ev["step"], y=ev["test_acc_denoised"], mode="lines+markers",
-                                 name="test_acc_denoised"), 2, 1)
-    fig.update_yaxes(range=[0, 1], row=1, col=2)
-    fig.update_yaxes(range=[0, 1], row=2, col=1)
-    fig.update_layout(height=520, margin=dict(t=40, b=20), legend=dict(orientation="h", y=-0.08))
-    return fig
 
 
 st.title("FT-CADIS fine-tuning")
@@ -132,7 +114,7 @@ def live(polling: bool) -> None:
         m = st.columns(5)
         for col, key in zip(m, ["loss_sce", "loss_madv", "selection_rate", "mask_rate", "acc_denoised"]):
             col.metric(key, f"{last[key]:.3f}" if key in last else "–")
-        st.plotly_chart(_curves(frame, list(current.evals)), key="ft_curves")
+        st.plotly_chart(curves_figure(frame, pd.DataFrame(list(current.evals))), key="ft_curves")
     if current.status == "done":
         st.success(f"Saved to {current.path}. Pick it as “{current.path.parent.name}” on the Hallucinations page.")
     elif current.status == "stopped":
@@ -144,3 +126,24 @@ def live(polling: bool) -> None:
 
 
 live(busy)
+
+
+st.header("Finished runs")
+st.caption("The shipped fine-tuned models (`python -m cadis_core results`) and your runs under runs/finetune: "
+           "test accuracy on denoised images, L_MAdv and the share of images every draw of which is kept.")
+with_metrics = {}
+for name, path in finetuned_models().items():
+    try:
+        read_metrics(path)
+        with_metrics[name] = path
+    except CadisError:
+        continue  # a model without its training log has no curves to show
+if not with_metrics:
+    st.info("No finished run with a metrics log yet.")
+else:
+    picked = st.multiselect("Runs", list(with_metrics), default=list(with_metrics)[:4], key="ft_past")
+    if picked:
+        st.plotly_chart(comparison_figure({k: with_metrics[k] for k in picked}), key="ft_compare")
+        one = st.selectbox("All curves of one run", picked, key="ft_past_one")
+        steps, evals = read_metrics(with_metrics[one])
+        st.plotly_chart(curves_figure(steps, evals, smooth=20), key="ft_past_curves")

@@ -25,6 +25,7 @@ def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert "ft-cadis σ=0.25" in table and "none σ=0.25" in table
     assert "ft-cadis vs none σ=0.25" in table and (tmp_path / "results" / "paired.csv").exists()
     assert (tmp_path / "results" / "certified_accuracy_s0.25.html").exists()
+    assert (tmp_path / "results" / "finetune_curves.html").exists()
 
 
 def test_the_readme_block_between_the_markers_is_replaced(tmp_path):
