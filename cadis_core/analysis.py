@@ -84,6 +84,11 @@ def summary_table(results: dict[str, pd.DataFrame], radii=DEFAULT_RADII, envelop
     return table
 
 
+def summary_markdown(table: pd.DataFrame) -> str:
+    """`summary_table` as markdown: image counts as integers, σ with 2 decimals, rates with 3."""
+    return table.to_markdown(floatfmt=["", ".0f", ".2f", *[".3f"] * (len(table.columns) - 2)])
+
+
 def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, radii=DEFAULT_RADII) -> pd.DataFrame:
     """Run `a` against run `b` on the images both certified, radius by radius.
 

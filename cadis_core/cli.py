@@ -235,10 +235,18 @@ def _analyze_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", help="also write the table as CSV")
     p.add_argument("--markdown", help="also write the table as markdown")
     p.add_argument("--html", help="write a plotly figure of certified accuracy vs radius")
+    p.add_argument("--paired", action="store_true",
+                   help="also compare the first run with each other run image by image (exact McNemar test)")
 
 
 def _run_analyze(args: argparse.Namespace) -> None:
-    from .analysis import certified_accuracy_figure, merge_results, summary_table
+    from .analysis import (
+        certified_accuracy_figure,
+        merge_results,
+        paired_comparison,
+        summary_markdown,
+        summary_table,
+    )
 
     try:
         radii = [float(r) for r in args.radii.split(",")]
@@ -246,8 +254,16 @@ def _run_analyze(args: argparse.Namespace) -> None:
         raise CadisError(f"--radii must be comma-separated numbers (got {args.radii!r}).") from None
     results = merge_results(args.files)
     table = summary_table(results, radii, args.envelope)
-    markdown = table.to_markdown(floatfmt=".3f")
+    markdown = summary_markdown(table)
     print(markdown)
+    if args.paired:
+        if len(results) < 2:
+            raise CadisError("--paired needs at least two runs.")
+        first, *others = results
+        for other in others:
+            paired = paired_comparison(results[first], results[other], radii)
+            print(f"\n{first} vs {other}: images only the first / only the second certifies at r\n")
+            print(paired.to_markdown(floatfmt=["", ".0f", ".0f", ".0f", "+.3f", ".2g"]))
     if args.csv:
         table.to_csv(args.csv)
     if args.markdown:

@@ -15,7 +15,14 @@ import pandas as pd
 import torch
 
 from .acceleration import Acceleration
-from .analysis import DEFAULT_RADII, certified_accuracy_figure, merge_results, paired_comparison, summary_table
+from .analysis import (
+    DEFAULT_RADII,
+    certified_accuracy_figure,
+    merge_results,
+    paired_comparison,
+    summary_markdown,
+    summary_table,
+)
 from .classifier import load_classifier
 from .data import ASSETS
 from .errors import CadisError
@@ -112,7 +119,7 @@ def write_report(radii=DEFAULT_RADII) -> str:
     results = merge_results(files)
     table = summary_table(results, radii)
     table.to_csv(RESULTS / "summary.csv")
-    markdown = table.to_markdown(floatfmt=["", ".0f", ".2f", *[".3f"] * (len(table.columns) - 2)])
+    markdown = summary_markdown(table)
     paired = paired_table(results, radii)
     if paired is not None:
         paired.to_csv(RESULTS / "paired.csv")

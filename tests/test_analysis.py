@@ -80,3 +80,15 @@ def test_paired_comparison_counts_discordant_images_and_gives_mcnemar_exact_p(tm
     _write(tmp_path / "test.tsv", a_rows, {"dataset": "fashion-mnist", "split": "test"})
     with pytest.raises(CadisError, match="different data"):
         paired_comparison(read_results(tmp_path / "train.tsv"), read_results(tmp_path / "test.tsv"))
+
+
+def test_analyze_cli_paired_prints_each_comparison_and_needs_two_runs(tmp_path, capsys):
+    _write(tmp_path / "a.tsv", [(i, 1, 1, 0.3, 0, 0) for i in range(6)], {"label": "A"})
+    _write(tmp_path / "b.tsv", [(i, 1, 1 if i < 2 else 0, 0.3, 0, 0) for i in range(6)], {"label": "B"})
+    assert main(["analyze", str(tmp_path / "a.tsv"), str(tmp_path / "b.tsv"), "--paired", "--radii", "0"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| r=0 "))
+    # 4 images only A certifies, none only B: p = 2 · 2^-4
+    assert "A vs B" in out and [c.strip() for c in row.split("|")[1:-1]] == ["r=0", "6", "4", "0", "+0.667", "0.12"]
+    assert main(["analyze", str(tmp_path / "a.tsv"), "--paired"]) == 2
+    assert "--paired needs at least two runs" in capsys.readouterr().err

@@ -303,7 +303,7 @@ def test_finetuning_live_run_then_compare(bundle):
     at.multiselect(key="ft_past").set_value([name]).run()
     assert_clean(at)
     compare = next(c for c in at.get("plotly_chart") if '"test accuracy on denoised images"' in c.proto.spec)
-    assert '"name":"%s"' % name in compare.proto.spec.replace(" ", "")
+    assert f'"name":"{name}"' in compare.proto.spec.replace(" ", "")
 
     at.switch_page("pages/hallucinations.py").run()
     assert at.selectbox(key="hal_tuned").value == name  # the newest run is preselected
