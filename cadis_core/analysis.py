@@ -84,6 +84,21 @@ def summary_table(results: dict[str, pd.DataFrame], radii=DEFAULT_RADII, envelop
     return table
 
 
+def per_class_accuracy(results: dict[str, pd.DataFrame], radius: float = 0.0,
+                       classes: list[str] | None = None) -> pd.DataFrame:
+    """Certified accuracy at `radius` per true class (columns; names from `classes`), one row per run.
+    An average can hide a class that a method gives up; this table shows it."""
+    rows = {}
+    for label, df in results.items():
+        hit = df["correct"].astype(bool) & (df["radius"] >= radius)
+        rows[label] = hit.groupby(df["label"]).mean()
+    table = pd.DataFrame(rows).T.sort_index(axis=1)
+    if classes is not None:
+        table.columns = [classes[int(c)] if 0 <= int(c) < len(classes) else str(c) for c in table.columns]
+    table.index.name = "run"
+    return table
+
+
 def summary_markdown(table: pd.DataFrame) -> str:
     """`summary_table` as markdown: image counts as integers, σ with 2 decimals, rates with 3."""
     return table.to_markdown(floatfmt=["", ".0f", ".2f", *[".3f"] * (len(table.columns) - 2)])

@@ -20,11 +20,12 @@ from .analysis import (
     certified_accuracy_figure,
     merge_results,
     paired_comparison,
+    per_class_accuracy,
     summary_markdown,
     summary_table,
 )
 from .classifier import load_classifier
-from .data import ASSETS
+from .data import ASSETS, FASHION_MNIST_CLASSES
 from .errors import CadisError
 from .finetune import FinetuneConfig, finetune
 from .objective import METHODS as OBJECTIVE_METHODS
@@ -112,7 +113,8 @@ def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0:
 
 
 def write_report(radii=DEFAULT_RADII) -> str:
-    """Tables (markdown, CSV) and figures (HTML) from whatever result files exist."""
+    """Tables (markdown, CSV) and figures (HTML) from whatever result files exist. The README gets the
+    summary, the paired differences and the fine-tuning cost; summary.md adds the per-class tables."""
     files = sorted(RESULTS.glob("*_s*.tsv"))
     if not files:
         return "no results yet"
@@ -130,17 +132,22 @@ def write_report(radii=DEFAULT_RADII) -> str:
     if cost is not None:
         cost.to_csv(RESULTS / "finetune_cost.csv")
         markdown += "\n\nFine-tuning cost\n\n" + cost.to_markdown(floatfmt=["", ".0f", ".0f", ".1f", ".1f", ".2f"])
+    full = markdown
+    for r in (0.0, 0.5):
+        per_class = per_class_accuracy(results, r, list(FASHION_MNIST_CLASSES))
+        per_class.to_csv(RESULTS / f"per_class_r{r:g}.csv")
+        full += f"\n\nCertified accuracy per class at r={r:g}\n\n" + per_class.to_markdown(floatfmt=".2f")
+    (RESULTS / "summary.md").write_text(full + "\n")
+    update_readme_block(README, markdown)
     logs = {d.name: d for d in sorted(FINETUNED.glob("*")) if (d / "metrics.csv").is_file()}
     if logs:
         comparison_figure(logs).write_html(RESULTS / "finetune_curves.html", include_plotlyjs="cdn")
-    (RESULTS / "summary.md").write_text(markdown + "\n")
-    update_readme_block(README, markdown)
     for sigma in SIGMAS:
         subset = {k: v for k, v in results.items() if v.attrs["config"].get("sigma") == sigma}
         if subset:
             certified_accuracy_figure(subset).write_html(RESULTS / f"certified_accuracy_s{sigma:g}.html",
                                                          include_plotlyjs="cdn")
-    return markdown
+    return full
 
 
 def paired_table(results: dict[str, pd.DataFrame], radii=DEFAULT_RADII) -> pd.DataFrame | None:

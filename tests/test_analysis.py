@@ -10,6 +10,7 @@ from cadis_core.analysis import (
     certified_accuracy,
     merge_results,
     paired_comparison,
+    per_class_accuracy,
     read_results,
     summarize,
     summary_table,
@@ -92,3 +93,11 @@ def test_analyze_cli_paired_prints_each_comparison_and_needs_two_runs(tmp_path, 
     assert "A vs B" in out and [c.strip() for c in row.split("|")[1:-1]] == ["r=0", "6", "4", "0", "+0.667", "0.12"]
     assert main(["analyze", str(tmp_path / "a.tsv"), "--paired"]) == 2
     assert "--paired needs at least two runs" in capsys.readouterr().err
+
+
+def test_per_class_accuracy_names_the_classes_and_counts_abstains_as_misses(tmp_path):
+    rows = [(0, 0, 0, 0.6, 0, 0), (1, 0, -1, 0.0, 0, 0), (2, 1, 1, 0.2, 0, 0), (3, 1, 1, 0.9, 0, 0)]
+    _write(tmp_path / "a.tsv", rows, {"label": "A"})
+    results = merge_results([tmp_path / "a.tsv"])
+    assert per_class_accuracy(results, 0.0, ["top", "trouser"]).loc["A"].to_dict() == {"top": 0.5, "trouser": 1.0}
+    assert per_class_accuracy(results, 0.5).loc["A"].tolist() == [0.5, 0.5]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from cadis_core import results
@@ -26,6 +27,9 @@ def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert "ft-cadis vs none σ=0.25" in table and (tmp_path / "results" / "paired.csv").exists()
     assert (tmp_path / "results" / "certified_accuracy_s0.25.html").exists()
     assert (tmp_path / "results" / "finetune_curves.html").exists()
+    per_class = pd.read_csv(tmp_path / "results" / "per_class_r0.csv", index_col=0)
+    assert list(per_class.index) == ["ft-cadis σ=0.25", "none σ=0.25"]
+    assert "Certified accuracy per class at r=0" in table
 
 
 def test_the_readme_block_between_the_markers_is_replaced(tmp_path):
