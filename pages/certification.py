@@ -6,7 +6,13 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from cadis_core.analysis import DEFAULT_RADII, certified_accuracy_figure, paired_comparison, summary_table
+from cadis_core.analysis import (
+    DEFAULT_RADII,
+    certified_accuracy_figure,
+    paired_comparison,
+    per_class_accuracy,
+    summary_table,
+)
 from cadis_core.errors import CadisError
 from cadis_core.ui_support import certificate_row, certify_one, load_results, result_files, session_results, to_uint8
 from pages._common import bundle, image_picker, route_through_app
@@ -90,6 +96,12 @@ else:
         st.dataframe(table.style.format(precision=3), key="cert_summary")
         st.download_button("Download the ACR table (CSV)", table.to_csv(), "certified_accuracy.csv", "text/csv",
                            key="cert_summary_csv")
+        radius = st.select_slider("Per class, at radius", options=list(DEFAULT_RADII), value=0.0, key="cert_class_r")
+        per_class = per_class_accuracy(picked, radius, b.classes)
+        st.plotly_chart(px.bar(per_class.reset_index().melt(id_vars="run", var_name="class",
+                                                            value_name="certified accuracy"),
+                               x="class", y="certified accuracy", color="run", barmode="group",
+                               range_y=[0, 1]), key="cert_per_class")
         pairable = [k for k in chosen if k in shipped]  # result files know their dataset indices
         if len(pairable) >= 2:
             st.subheader("Paired comparison")

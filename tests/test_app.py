@@ -254,7 +254,7 @@ def test_certification_small_n(bundle, app_env):
             assert row["radius"] == pytest.approx(0.25 * norm.ppf(p), abs=1e-3)
             assert row["prediction"] == row["top counts"].split(":")[0]
     assert at.image[0].captions[0].startswith("#3 ") and "R = " in at.image[0].captions[1]
-    assert len(at.get("plotly_chart")) == 2  # radii bars, accuracy vs radius
+    assert len(at.get("plotly_chart")) == 3  # radii bars, accuracy vs radius, per class
     runs_offered = at.multiselect(key="cert_runs").options
     assert "demo_s025" in runs_offered and any(o.startswith("this session σ=0.25 (2 images)") for o in runs_offered)
     acr = at.dataframe[1].value
@@ -270,6 +270,8 @@ def test_certification_small_n(bundle, app_env):
     paired = at.dataframe[2].value
     # r=0: demo alone certifies image 1, other alone images 2 and 3.
     assert (paired.loc["r=0", "only A"], paired.loc["r=0", "only B"], paired.loc["r=0", "images"]) == (1, 2, 4)
+    per_class = next(c for c in at.get("plotly_chart") if '"barmode":"group"' in c.proto.spec.replace(" ", ""))
+    assert '"Pullover"' in per_class.proto.spec  # class names, not indices
 
 
 def test_finetuning_live_run_then_compare(bundle):
