@@ -93,7 +93,8 @@ else:
         envelope = st.checkbox("Best-σ envelope", value=False, key="cert_envelope")
         st.plotly_chart(certified_accuracy_figure(picked, envelope=envelope), key="cert_curve")
         table = summary_table(picked, DEFAULT_RADII, envelope=envelope)
-        st.dataframe(table.style.format(precision=3), key="cert_summary")
+        st.dataframe(table.style.format(precision=3).format("{:.0f}", subset=["images"], na_rep=""),
+                     key="cert_summary")
         st.download_button("Download the ACR table (CSV)", table.to_csv(), "certified_accuracy.csv", "text/csv",
                            key="cert_summary_csv")
         radius = st.select_slider("Per class, at radius", options=list(DEFAULT_RADII), value=0.0, key="cert_class_r")
