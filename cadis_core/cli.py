@@ -276,7 +276,8 @@ def _run_analyze(args: argparse.Namespace) -> None:
 
 def _results_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("results", help="the embedded benchmark: fine-tune, certify and tabulate (resumable)")
-    p.add_argument("--stage", default="all", choices=["all", "finetune", "certify", "report"])
+    p.add_argument("--stage", default="all", choices=["all", "finetune", "certify", "report", "diagnose"],
+                   help="diagnose: the base classifier's selection and mask rates per class")
     p.add_argument("--steps", type=int, default=1000, help="fine-tuning steps per run")
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5], help="noise levels, run in this order")
     from .results import RUNS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -53,3 +54,31 @@ def denoising_metrics(denoiser: torch.nn.Module, classifier: torch.nn.Module, da
         den_psnr += psnr(den.cpu(), x).sum().item()
         total += len(x)
     return {"noisy_psnr": noisy_psnr / total, "denoised_psnr": den_psnr / total, "denoised_acc": hits / total}
+
+
+@torch.inference_mode()
+def selection_rates(denoiser: torch.nn.Module, classifier: torch.nn.Module, dataset: ImageDataset, sigma: float,
+                    num_draws: int = 4, seed: int = 0, batch_size: int = 250, limit: int | None = None
+                    ) -> pd.DataFrame:
+    """Per true class, what FT-CADIS's selection sees before training: the share of denoised draws the
+    classifier gets right (selection rate, L_SCE's weight) and the share of images whose `num_draws` draws
+    are all right (mask rate, where L_MAdv applies)."""
+    from .objective import classify_draws, correct_draws, denoise_draws
+
+    selected, masked, labels = [], [], []
+    for start, x, y in _batches(dataset, batch_size, limit, f"selection σ={sigma}"):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
+        noise = torch.randn((len(x), num_draws, *x.shape[1:]), generator=gen).to(denoiser.device)
+        x = x.to(denoiser.device)
+        correct = correct_draws(classify_draws(classifier, denoise_draws(denoiser, x, noise, sigma)),
+                                y.to(denoiser.device)).cpu()
+        selected.append(correct.float().mean(1))
+        masked.append(correct.all(1).float())
+        labels.append(y)
+    frame = pd.DataFrame({"label": torch.cat(labels).numpy(), "selection_rate": torch.cat(selected).numpy(),
+                          "mask_rate": torch.cat(masked).numpy()})
+    table = frame.groupby("label").agg(images=("mask_rate", "size"), selection_rate=("selection_rate", "mean"),
+                                       mask_rate=("mask_rate", "mean"))
+    table.index = [dataset.classes[int(c)] for c in table.index]
+    table.loc["all"] = [len(frame), frame["selection_rate"].mean(), frame["mask_rate"].mean()]
+    return table

@@ -25,8 +25,9 @@ from .analysis import (
     summary_table,
 )
 from .classifier import load_classifier
-from .data import ASSETS, FASHION_MNIST_CLASSES
+from .data import ASSETS, FASHION_MNIST_CLASSES, ImageDataset
 from .errors import CadisError
+from .evaluation import selection_rates
 from .finetune import FinetuneConfig, finetune
 from .objective import METHODS as OBJECTIVE_METHODS
 from .presets import get_preset
@@ -112,6 +113,26 @@ def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0:
                             alpha, seed)
 
 
+def run_diagnostics(sigmas=SIGMAS, limit: int = 2000, num_draws: int = 4, seed: int = 0) -> pd.DataFrame:
+    """Selection and mask rates per class of the off-the-shelf classifier on training images (what the
+    fine-tuning objectives see at step 0), into selection_rates.csv with its configuration beside it."""
+    preset = get_preset("fashion-mnist")
+    denoiser, classifier = preset.load_models()
+    train = preset.load_dataset("train")
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:limit]  # a random sample
+    train = ImageDataset(train.images[pick], train.labels[pick], train.classes, train.name)
+    tables = [selection_rates(denoiser, classifier, train, sigma, num_draws, seed, limit=limit).assign(sigma=sigma)
+              for sigma in sigmas]
+    table = pd.concat(tables).rename_axis("class").reset_index()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    table.to_csv(RESULTS / "selection_rates.csv", index=False)
+    config = {"denoiser": preset.denoiser, "classifier": preset.classifier, "dataset": preset.dataset,
+              "split": "train", "images": limit, "order": f"randperm(seed={seed})", "num_draws": num_draws,
+              "seed": seed, "sigmas": list(sigmas)}
+    (RESULTS / "selection_rates.json").write_text(json.dumps(config, indent=2))
+    return table
+
+
 def write_report(radii=DEFAULT_RADII) -> str:
     """Tables (markdown, CSV) and figures (HTML) from whatever result files exist. The README gets the
     summary, the paired differences and the fine-tuning cost; summary.md adds the per-class tables."""
@@ -137,6 +158,14 @@ def write_report(radii=DEFAULT_RADII) -> str:
         per_class = per_class_accuracy(results, r, list(FASHION_MNIST_CLASSES))
         per_class.to_csv(RESULTS / f"per_class_r{r:g}.csv")
         full += f"\n\nCertified accuracy per class at r={r:g}\n\n" + per_class.to_markdown(floatfmt=".2f")
+    if (RESULTS / "selection_rates.csv").is_file():
+        long = pd.read_csv(RESULTS / "selection_rates.csv")
+        rates = long.pivot(index="class", columns="sigma", values=["selection_rate", "mask_rate"])
+        rates = rates.reindex(long["class"].unique())  # the dataset's class order, "all" last
+        rates.columns = [f"{name.split('_')[0]} σ={sigma:g}" for name, sigma in rates.columns]
+        full += ("\n\nWhat the objectives see at step 0: the off-the-shelf classifier's selection rate (share of "
+                 "denoised draws it gets right) and mask rate (share of images with all 4 draws right), per class "
+                 "and σ, on training images (`results --stage diagnose`)\n\n" + rates.to_markdown(floatfmt=".2f"))
     (RESULTS / "summary.md").write_text(full + "\n")
     update_readme_block(README, markdown)
     logs = {d.name: d for d in sorted(FINETUNED.glob("*")) if (d / "metrics.csv").is_file()}
@@ -154,6 +183,9 @@ def paired_table(results: dict[str, pd.DataFrame], radii=DEFAULT_RADII) -> pd.Da
     """One row per comparison in COMPARISONS and σ: "+3.0 (20/5, p=0.002)" per radius."""
     by_run = {(df.attrs["config"].get("run", df.attrs["config"].get("method")), df.attrs["config"].get("sigma")): df
               for df in results.values()}
+    # radii no run certifies any image at would only add columns of "+0.0 (0/0, p=1)"
+    radii = [r for r in radii if any((df["correct"].astype(bool) & (df["radius"] >= r)).any()
+                                     for df in results.values())]
     rows = {}
     for sigma in SIGMAS:
         for first, second in COMPARISONS:
@@ -202,6 +234,8 @@ def run_all(stage: str = "all", steps: int = 1000, max_images: int = 500, n: int
     `precision`/`compile` speed up certification (and `compile` fine-tuning)."""
     if threads:
         torch.set_num_threads(threads)
+    if stage == "diagnose":
+        run_diagnostics(sigmas)
     for sigma in sigmas:
         if stage in ("all", "finetune"):
             run_finetuning(methods, (sigma,), steps=steps, compile=compile)

@@ -22,7 +22,10 @@ def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
         files = sorted((tmp_path / "results").glob("*.tsv"))
         assert [f.name for f in files] == ["ft-cadis_s0.25.tsv", "none_s0.25.tsv"]
         assert all(len(f.read_text().splitlines()) == 4 for f in files)
+    rates = results.run_diagnostics((0.25,), limit=40)
+    assert rates["images"].iloc[-1] == 40 and (rates["mask_rate"] <= rates["selection_rate"]).all()
     table = results.write_report()
+    assert "What the objectives see at step 0" in table and "mask σ=0.25" in table
     assert "ft-cadis σ=0.25" in table and "none σ=0.25" in table
     assert "ft-cadis vs none σ=0.25" in table and (tmp_path / "results" / "paired.csv").exists()
     assert (tmp_path / "results" / "certified_accuracy_s0.25.html").exists()
