@@ -8,17 +8,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cadis_core.errors import CadisError
-from cadis_core.ui_support import (
-    class_rates,
-    data_uri,
-    detector_summary,
-    draws_frame,
-    roc_curve,
-    runs_dir,
-    score_images,
-    strip,
-    to_uint8,
-)
+from cadis_core.hallucination import class_rates, detector_summary, draws_frame, roc_curve, score_images
+from cadis_core.ui_support import check_run_parameters, data_uri, runs_dir, strip, to_uint8
 from pages._common import (
     OFF_THE_SHELF,
     bundle,
@@ -64,7 +55,9 @@ if st.button("Denoise and classify", type="primary", disabled=images is None, ke
             classifiers[f"fine-tuned: {tuned}"] = finetuned_classifier(choices[tuned])
         start = time.time()
         with st.spinner(f"Denoising {len(images)} × {draws} draws …"):
-            results = score_images(b, images, sigma, draws, classifiers, mode, steps, seed)
+            check_run_parameters(sigma=sigma, draws=draws)
+            smooth = b.smoothing(sigma, mode, steps, batch_size=max(draws, 64))
+            results = score_images(smooth, images, draws, classifiers, seed)
         st.session_state["hal_results"] = {"results": results, "sigma": sigma, "mode": mode,
                                            "seconds": time.time() - start}
     except CadisError as e:

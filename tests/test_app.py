@@ -26,7 +26,6 @@ from cadis_core.errors import CadisError
 from cadis_core.smoothing import lower_confidence_bound
 from cadis_core.ui_support import (
     MAX_UPLOAD_BYTES,
-    auroc,
     certify_one,
     check_run_parameters,
     finetuned_models,
@@ -34,7 +33,6 @@ from cadis_core.ui_support import (
     load_bundle,
     model_source,
     pick_indices,
-    roc_curve,
 )
 
 from conftest import model_env
@@ -419,20 +417,6 @@ def test_run_parameter_checks():
                             ({"n0": 100, "n": 99}, "at least N0"), ({"draws": 0}, "draws")]:
         with pytest.raises(CadisError, match=message):
             check_run_parameters(**kwargs)
-
-
-def test_roc_and_auroc_match_the_rank_statistic():
-    assert auroc([3, 2, 1, 0], [1, 1, 0, 0]) == 1.0
-    assert auroc([0, 1, 2, 3], [1, 1, 0, 0]) == 0.0
-    assert auroc([1, 1, 1, 1], [1, 0, 1, 0]) == 0.5  # ties count half
-    assert np.isnan(auroc([0.1, 0.2], [0, 0]))
-    rng = np.random.default_rng(0)
-    s, y = rng.normal(size=300).round(1), rng.random(300) < 0.3
-    pos, neg = s[y], s[~y]
-    mann_whitney = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
-    assert auroc(s, y) == pytest.approx(mann_whitney)
-    fpr, tpr, thr = roc_curve(s, y)
-    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1 and np.all(np.diff(fpr) >= 0) and np.all(np.diff(thr) < 0)
 
 
 def test_pick_indices():

@@ -1,0 +1,52 @@
+"""Hallucinated draws scored by several classifiers on the same draws, and confidence as a detector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cadis_core.classifier import ImageClassifier
+from cadis_core.data import load_dataset
+from cadis_core.denoiser import DiffusionDenoiser
+from cadis_core.errors import CadisError
+from cadis_core.hallucination import auroc, detector_summary, draws_frame, roc_curve, score_images
+from cadis_core.smoothing import DenoisedSmoothing
+
+
+def test_classifiers_are_scored_on_the_same_draws(tiny_denoiser_dir):
+    from conftest import make_tiny_vit
+
+    torch.manual_seed(0)
+    clf = ImageClassifier(make_tiny_vit().eval(), (1, 28, 28), (0.5,), (0.5,))
+    smooth = DenoisedSmoothing(DiffusionDenoiser.from_pretrained(tiny_denoiser_dir), clf, 0.5, batch_size=16)
+    test = load_dataset("fashion-mnist", "test")
+    images = [("#0", *test[0]), ("upload", test[1][0], None)]
+    results = score_images(smooth, images, 6, {"a": clf, "same": clf}, seed=3)
+    for r in results:  # an identical classifier on the same draws gives identical scores
+        assert r.scores["a"] == r.scores["same"] and r.denoised.shape == (6, 1, 28, 28)
+    a = results[0].scores["a"]
+    assert a["hallucinated"] == [t != test[0][1] for t in a["top1"]]  # labelled: against the label
+    votes = np.bincount(results[1].scores["a"]["top1"], minlength=10)
+    assert results[1].scores["a"]["reference"] == int(votes.argmax())  # unlabelled: the majority vote
+    frame = draws_frame(results, test.classes)
+    assert len(frame) == 2 * 2 * 6
+    assert detector_summary(frame).loc["a", "draws"] == 12
+    with pytest.raises(CadisError, match="draws must be >= 1"):
+        score_images(smooth, images, 0, {"a": clf})
+
+
+def test_roc_and_auroc_match_the_rank_statistic():
+    assert auroc([3, 2, 1, 0], [1, 1, 0, 0]) == 1.0
+    assert auroc([0, 1, 2, 3], [1, 1, 0, 0]) == 0.0
+    assert auroc([1, 1, 1, 1], [1, 0, 1, 0]) == 0.5  # ties count half
+    assert np.isnan(auroc([0.1, 0.2], [0, 0]))
+    rng = np.random.default_rng(0)
+    s, y = rng.normal(size=300).round(1), rng.random(300) < 0.3
+    pos, neg = s[y], s[~y]
+    mann_whitney = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+    assert auroc(s, y) == pytest.approx(mann_whitney)
+    fpr, tpr, thr = roc_curve(s, y)
+    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1 and np.all(np.diff(fpr) >= 0) and np.all(np.diff(thr) < 0)
+
+
