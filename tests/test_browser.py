@@ -146,7 +146,8 @@ def test_certification_in_the_browser(page, server):
     settle(page)
     page.screenshot(path=ARTIFACTS / "certification.png", full_page=True)
     expect(page.get_by_text("R = ")).to_have_count(2)  # both images captioned with their radius
-    expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(2)  # certificates, ACR table
+    # certificates, ACR table, and the paired comparison of two shipped result files
+    expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(3)
     expect(page.get_by_text("this session σ=0.25 (2 images)").first).to_be_visible()  # joins the comparison
 
 
@@ -163,4 +164,5 @@ def test_finetuning_curves_update_live(page, server):
     settle(page)
     page.screenshot(path=ARTIFACTS / "finetuning-done.png", full_page=True)
     expect(page.get_by_text("done: step 8 / 8")).to_have_count(1)
-    expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(1, timeout=15_000)  # stale copies go
+    # the live curves once (stale copies go), and the finished runs' comparison and curves
+    expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(3, timeout=15_000)
