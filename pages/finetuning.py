@@ -141,7 +141,13 @@ for name, path in finetuned_models().items():
 if not with_metrics:
     st.info("No finished run with a metrics log yet.")
 else:
-    picked = st.multiselect("Runs", list(with_metrics), default=list(with_metrics)[:4], key="ft_past")
+    # runs that appeared since the last rerun (one just finished) join the selection; vanished ones leave it
+    seen = st.session_state.setdefault("ft_past_seen", set())
+    previous = st.session_state.get("ft_past", list(with_metrics)[:4])
+    st.session_state["ft_past"] = list(dict.fromkeys([*[k for k in with_metrics if seen and k not in seen],
+                                                      *[k for k in previous if k in with_metrics]]))
+    seen.update(with_metrics)
+    picked = st.multiselect("Runs", list(with_metrics), key="ft_past")
     if picked:
         st.plotly_chart(comparison_figure({k: with_metrics[k] for k in picked}), key="ft_compare")
         one = st.selectbox("All curves of one run", picked, key="ft_past_one")
