@@ -255,6 +255,9 @@ def test_certification_small_n(bundle, app_env):
     assert len(at.get("plotly_chart")) == 3  # radii bars, accuracy vs radius, per class
     runs_offered = at.multiselect(key="cert_runs").options
     assert "demo_s025" in runs_offered and any(o.startswith("this session σ=0.25 (2 images)") for o in runs_offered)
+    session_run = next(o for o in runs_offered if o.startswith("this session"))
+    # the default selection is the first few runs; how many ship in assets/ must not matter here
+    at.multiselect(key="cert_runs").set_value([session_run, "demo_s025"]).run()
     acr = at.dataframe[1].value
     assert acr.loc["demo_s025", "ACR"] == pytest.approx((0.3 + 0.6) / 4)
     assert acr.loc["demo_s025", "abstain"] == pytest.approx(0.25)
@@ -262,7 +265,7 @@ def test_certification_small_n(bundle, app_env):
     pd.DataFrame({"idx": [0, 1, 2, 3], "label": [1, 2, 3, 4], "predict": [1, 0, 3, 4],
                   "radius": [0.3, 0.1, 0.5, 0.2]}).to_csv(runs / "other_s025.tsv", sep="\t", index=False)
     at.run()
-    at.multiselect(key="cert_runs").set_value(["demo_s025", "other_s025", *runs_offered[:1]]).run()
+    at.multiselect(key="cert_runs").set_value(["demo_s025", "other_s025", session_run]).run()
     assert_clean(at)
     assert at.selectbox(key="cert_pair_a").options == ["demo_s025", "other_s025"]
     paired = at.dataframe[2].value
