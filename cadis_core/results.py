@@ -163,19 +163,23 @@ def write_report(radii=DEFAULT_RADII) -> str:
         rates = long.pivot(index="class", columns="sigma", values=["selection_rate", "mask_rate"])
         rates = rates.reindex(long["class"].unique())  # the dataset's class order, "all" last
         rates.columns = [f"{name.split('_')[0]} σ={sigma:g}" for name, sigma in rates.columns]
+        side = RESULTS / "selection_rates.json"
+        draws = json.loads(side.read_text()).get("num_draws", "M") if side.is_file() else "M"
         full += ("\n\nWhat the objectives see at step 0: the off-the-shelf classifier's selection rate (share of "
-                 "denoised draws it gets right) and mask rate (share of images with all 4 draws right), per class "
-                 "and σ, on training images (`results --stage diagnose`)\n\n" + rates.to_markdown(floatfmt=".2f"))
+                 f"denoised draws it gets right) and mask rate (share of images with all {draws} draws right), "
+                 "per class and σ, on training images (`results --stage diagnose`)\n\n"
+                 + rates.to_markdown(floatfmt=".2f"))
     (RESULTS / "summary.md").write_text(full + "\n")
     update_readme_block(README, markdown)
     logs = {d.name: d for d in sorted(FINETUNED.glob("*")) if (d / "metrics.csv").is_file()}
     if logs:
-        comparison_figure(logs).write_html(RESULTS / "finetune_curves.html", include_plotlyjs="cdn")
+        comparison_figure(logs).write_html(RESULTS / "finetune_curves.html", include_plotlyjs="cdn",
+                                         div_id="finetune-curves")  # a fixed id: no diff when unchanged
     for sigma in SIGMAS:
         subset = {k: v for k, v in results.items() if v.attrs["config"].get("sigma") == sigma}
         if subset:
             certified_accuracy_figure(subset).write_html(RESULTS / f"certified_accuracy_s{sigma:g}.html",
-                                                         include_plotlyjs="cdn")
+                                                         include_plotlyjs="cdn", div_id=f"certified-s{sigma:g}")
     return full
 
 
