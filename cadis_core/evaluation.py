@@ -7,6 +7,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import ImageDataset
+from .objective import classify_draws, correct_draws, denoise_draws
 
 
 def _batches(dataset: ImageDataset, batch_size: int, limit: int | None, desc: str):
@@ -63,8 +64,6 @@ def selection_rates(denoiser: torch.nn.Module, classifier: torch.nn.Module, data
     """Per true class, what FT-CADIS's selection sees before training: the share of denoised draws the
     classifier gets right (selection rate, L_SCE's weight) and the share of images whose `num_draws` draws
     are all right (mask rate, where L_MAdv applies)."""
-    from .objective import classify_draws, correct_draws, denoise_draws
-
     selected, masked, labels = [], [], []
     for start, x, y in _batches(dataset, batch_size, limit, f"selection σ={sigma}"):
         gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
