@@ -72,3 +72,12 @@ def tiny_classifier_dir(tmp_path_factory) -> Path:
     timm.models.save_for_hf(make_tiny_vit(), path, safe_serialization=True,
                             model_config={"label_names": [f"class{i}" for i in range(10)]})
     return path
+
+
+def free_port() -> int:
+    """A port nothing listens on, so concurrent test runs do not collide on a fixed master port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -6,7 +6,6 @@ import argparse
 import copy
 import json
 import os
-import socket
 import threading
 
 import pytest
@@ -257,13 +256,9 @@ def ddp_worker(rank: int, world: int, port: int, tmp: str, den_dir: str, clf_dir
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_processes_match_one(models, data, tmp_path, tiny_denoiser_dir, tiny_classifier_dir):
+    from conftest import free_port
+
     x, y, noise = ddp_batch(models, data)
     save_file({"x": x, "y": y, "noise": noise}, tmp_path / "batch.safetensors")
     # spawn, not fork: earlier tests may have started autograd's threads in this process, which a forked

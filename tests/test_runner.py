@@ -129,7 +129,9 @@ def test_torchrun_two_processes_shard_and_merge(tiny_denoiser_dir, tiny_classifi
     out = tmp_path / "dist.tsv"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     # "--" keeps torchrun's parser from reading our flags (it would take --n for its --nnodes).
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+    from conftest import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
            "-m", "cadis_core", "--", *_args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "7")]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
     assert _rows(tmp_path / "dist.shard0of2.tsv")["idx"].tolist() == [0, 2, 4, 6]
