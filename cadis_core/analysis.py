@@ -56,6 +56,11 @@ def merge_results(paths: list[str | Path]) -> dict[str, pd.DataFrame]:
     return merged
 
 
+def certified(df: pd.DataFrame, r: float, suffix: str = "") -> pd.Series:
+    """Per image: correct and certified at radius r (columns `correct{suffix}`, `radius{suffix}`)."""
+    return df[f"correct{suffix}"].astype(bool) & (df[f"radius{suffix}"] >= r)
+
+
 def certified_accuracy(df: pd.DataFrame, radii) -> np.ndarray:
     """Share of images with correct prediction and radius >= r, for each r."""
     correct, radius = df["correct"].to_numpy(bool), df["radius"].to_numpy(float)
@@ -90,7 +95,7 @@ def per_class_accuracy(results: dict[str, pd.DataFrame], radius: float = 0.0,
     An average can hide a class that a method gives up; this table shows it."""
     rows = {}
     for label, df in results.items():
-        hit = df["correct"].astype(bool) & (df["radius"] >= radius)
+        hit = certified(df, radius)
         rows[label] = hit.groupby(df["label"]).mean()
     table = pd.DataFrame(rows).T.sort_index(axis=1)
     if classes is not None:
@@ -121,8 +126,7 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, radii=DEFAULT_RADII) -> 
         raise CadisError("The two runs have no image in common; a paired comparison needs the same images.")
     rows = {}
     for r in radii:
-        hit_a = joined["correct_a"].astype(bool) & (joined["radius_a"] >= r)
-        hit_b = joined["correct_b"].astype(bool) & (joined["radius_b"] >= r)
+        hit_a, hit_b = certified(joined, r, "_a"), certified(joined, r, "_b")
         a_only, b_only = int((hit_a & ~hit_b).sum()), int((hit_b & ~hit_a).sum())
         p_value = binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
         rows[f"r={r:g}"] = {"images": len(joined), "a_only": a_only, "b_only": b_only,

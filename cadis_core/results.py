@@ -17,6 +17,7 @@ import torch
 from .acceleration import Acceleration
 from .analysis import (
     DEFAULT_RADII,
+    certified,
     certified_accuracy_figure,
     merge_results,
     paired_comparison,
@@ -188,8 +189,7 @@ def paired_table(results: dict[str, pd.DataFrame], radii=DEFAULT_RADII) -> pd.Da
     by_run = {(df.attrs["config"].get("run", df.attrs["config"].get("method")), df.attrs["config"].get("sigma")): df
               for df in results.values()}
     # radii no run certifies any image at would only add columns of "+0.0 (0/0, p=1)"
-    radii = [r for r in radii if any((df["correct"].astype(bool) & (df["radius"] >= r)).any()
-                                     for df in results.values())]
+    radii = [r for r in radii if any(certified(df, r).any() for df in results.values())]
     rows = {}
     for sigma in SIGMAS:
         for first, second in COMPARISONS:
