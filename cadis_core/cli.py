@@ -284,7 +284,7 @@ def _results_parser(sub: argparse._SubParsersAction) -> None:
 
     p.add_argument("--methods", nargs="+", default=["none", "denoised-ce", "ft-cadis"], choices=RUNS,
                    help="add the ablations sce-only (no L_MAdv) and ce-madv (no selection), or the variant "
-                        "ft-cadis-lam1 (λ=1), here")
+                        "ft-cadis-detached (p̄ without gradient) and ft-cadis-detached-lam1 (λ=1), here")
     p.add_argument("--max", type=int, default=500, help="certify the first K test images")
     p.add_argument("--n", type=int, default=1000, help="draws per certificate")
     p.add_argument("--threads", type=int, default=0)

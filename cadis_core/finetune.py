@@ -58,6 +58,7 @@ class FinetuneConfig:
     eps: float = 0.125  # ε, ℓ2 radius of the search in denoised space ([0, 1] pixel units)
     adv_steps: int = 4  # T steps of the search
     warm_start: bool = True
+    detach_target: bool = False  # stop p̄'s gradient in L_MAdv (ablation; the authors keep it)
     lora: bool = True  # False: full fine-tuning
     lora_r: int = 4
     lora_alpha: float = 4.0
@@ -66,6 +67,7 @@ class FinetuneConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 50
+    min_lr: float = 0.0  # the cosine decays to this learning rate
     grad_clip: float | None = 1.0
     layer_decay: float | None = None  # layer-wise lr decay (timm's BEiT-style groups), None: off
     subset: int | None = None  # number of training images (a seeded random subset), None: all
@@ -93,7 +95,7 @@ class FinetuneConfig:
 
     def loss(self) -> FTCadisLoss:
         return FTCadisLoss(self.method, self.sigma, self.num_draws, self.lam, self.eps, self.adv_steps,
-                           self.warm_start)
+                           self.warm_start, self.detach_target)
 
 
 # ---------------------------------------------------------------- pieces shared by the loop and its tests
@@ -350,7 +352,8 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
     _check_out_dir(out, meta, state)
     start, elapsed = (state["step"], state["elapsed_s"]) if state else (0, 0.0)
     # Resuming, the optimizer's groups carry their initial_lr and the schedule restarts at `start`.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.warmup, max(cfg.steps, 1)),
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.warmup, max(cfg.steps, 1),
+                                                                            cfg.min_lr / cfg.lr),
                                               last_epoch=start - 1)
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -465,6 +468,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=float, default=d.eps, help="ℓ2 radius of the search in denoised space")
     p.add_argument("--adv-steps", type=int, default=d.adv_steps, help="T steps of the search")
     p.add_argument("--no-warm-start", action="store_true", help="images with no correct draw add no loss")
+    p.add_argument("--detach-target", action="store_true",
+                   help="stop the gradient through the consistency target p̄ (ablation; the authors keep it)")
     p.add_argument("--full", action="store_true", help="fine-tune every parameter instead of LoRA")
     p.add_argument("--lora-r", type=int, default=d.lora_r)
     p.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
@@ -473,6 +478,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr:g} with LoRA, 1e-4 with --full)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine decay")
     p.add_argument("--layer-decay", type=float, help="layer-wise lr decay factor, e.g. 0.75 (default off)")
     p.add_argument("--subset", type=int, help="train on this many images (seeded random subset)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -513,9 +519,11 @@ def run_cli(args: argparse.Namespace) -> None:
     values = dict(
         out=args.out or f"runs/finetune/{name}-{args.method}-s{sigma:g}", method=args.method, sigma=sigma,
         num_draws=args.num_draws, lam=args.lam, eps=args.eps, adv_steps=args.adv_steps,
-        warm_start=not args.no_warm_start, lora=lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        warm_start=not args.no_warm_start, detach_target=args.detach_target, lora=lora, lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr or (FinetuneConfig.lr if lora else 1e-4),
-        weight_decay=args.weight_decay, warmup=args.warmup, layer_decay=args.layer_decay, subset=args.subset,
+        weight_decay=args.weight_decay, warmup=args.warmup, min_lr=args.min_lr, layer_decay=args.layer_decay,
+        subset=args.subset,
         seed=args.seed, save_as=args.save_as or ("adapter" if lora else "merged"),
         checkpoint_minutes=args.checkpoint_minutes, eval_every=args.eval_every, eval_size=args.eval_size,
         precision=args.precision, compile=args.compile)

@@ -6,10 +6,14 @@ For an image x with label y, a frozen denoiser D and the classifier F being fine
     z_i  = F(x̂_i)                                                   (train mode, with gradient)
     c_i  = 1[argmax z_i = y]                                        (x̂_i is not hallucinated)
     L_SCE  = (1/M) Σ_i c_i · CE(z_i, y)                             (warm start: if no c_i, the lowest-CE draw counts)
-    p̄     = stopgrad( (1/M) Σ_i softmax(z_i) )                      (the consistency target)
-    η_i*  = argmax_{‖η - (x̂_i - x)‖₂ ≤ ε} KL(p̄ ‖ softmax(F(x + η)))   (T steps of normalised-gradient ascent)
+    p̄     = (1/M) Σ_i softmax(z_i)                                  (the consistency target, with gradient)
+    η_i*  = argmax_{‖η - (x̂_i - x)‖₂ ≤ ε} KL(stopgrad(p̄) ‖ softmax(F(x + η)))   (T steps of normalised-gradient ascent)
     L_MAdv = λ · 1[∀i: c_i = 1] · max_i KL(p̄ ‖ softmax(F(x + η_i*)))
     L      = mean over the batch of L_SCE + L_MAdv
+
+As in the authors' train.py, L_MAdv keeps p̄'s gradient: the KL pulls the clean draws' mean prediction
+and the adversarial one towards each other (as in TRADES); only the PGD search sees a fixed target.
+`detach_target=True` stops that gradient (the `ft-cadis-detached` ablation of `results`).
 
 Methods: `denoised-ce` (CE on all M draws, the plain denoised fine-tuning baseline), `ft-cadis`
 (L_SCE + L_MAdv), `sce-only` (L_SCE alone) and `ce-madv` (CE on all draws + L_MAdv, keeping its
@@ -92,14 +96,14 @@ def mask_all_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return correct_draws(logits, y).all(1)
 
 
-def consistency_target(logits: torch.Tensor) -> torch.Tensor:
-    """p̄ = (1/M) Σ_i softmax(z_i), [B, K], detached.
+def consistency_target(logits: torch.Tensor, detach: bool = False) -> torch.Tensor:
+    """p̄ = (1/M) Σ_i softmax(z_i), [B, K].
 
-    Why detached: p̄ is the target the adversarial draws are pulled towards. With gradient through
-    it, L_MAdv could also shrink by moving the clean draws towards the adversarial predictions
-    (weakening the ensemble L_SCE is training), and the PGD search needs a fixed target anyway.
+    The authors keep its gradient, so L_MAdv also moves the clean draws' mean prediction towards the
+    adversarial one; `detach` makes p̄ a fixed target (our earlier version, kept as an ablation).
     """
-    return logits.softmax(-1).mean(1).detach()
+    p_bar = logits.softmax(-1).mean(1)
+    return p_bar.detach() if detach else p_bar
 
 
 def consistency_kl(p_bar: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -170,6 +174,8 @@ class FTCadisLoss:
     images with every draw kept), acc_denoised (accuracy on the denoised draws; the same count as
     selection_rate, reported under both names) and warm_start_rate (share of images with no correct
     draw, trained on their lowest-CE draw under warm start).
+
+    `detach_target` stops p̄'s gradient in L_MAdv (an ablation; the authors keep it).
     """
 
     method: str = "ft-cadis"
@@ -179,6 +185,7 @@ class FTCadisLoss:
     eps: float = 0.125
     adv_steps: int = 4
     warm_start: bool = True
+    detach_target: bool = False
 
     def __post_init__(self) -> None:
         check_method(self.method)
@@ -209,8 +216,8 @@ class FTCadisLoss:
         if self.method in _ADVERSARIAL and self.lam > 0 and mask.any():
             # Images outside the mask contribute exactly 0, so only the masked ones are attacked.
             keep = mask.nonzero().squeeze(1)
-            p_bar = consistency_target(logits[keep])
-            eta = pgd_denoised(classifier, x[keep], x_hat[keep] - x[keep].unsqueeze(1), p_bar,
+            p_bar = consistency_target(logits[keep], self.detach_target)
+            eta = pgd_denoised(classifier, x[keep], x_hat[keep] - x[keep].unsqueeze(1), p_bar.detach(),
                                self.eps, self.adv_steps)
             adv_logits = classify_draws(classifier, x[keep].unsqueeze(1) + eta)
             loss_madv = loss_madv.index_put((keep,), madv_loss(p_bar, adv_logits, mask[keep], self.lam))

@@ -43,12 +43,15 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 METHODS = ("none", "denoised-ce", "ft-cadis")
 SIGMAS = (0.25, 0.5)
 # Named runs that change a hyperparameter of a method: name -> (method, FinetuneConfig overrides).
-VARIANTS = {"ft-cadis-lam1": ("ft-cadis", {"lam": 1.0})}
+VARIANTS = {"ft-cadis-detached": ("ft-cadis", {"detach_target": True}),
+            "ft-cadis-detached-lam1": ("ft-cadis", {"detach_target": True, "lam": 1.0})}
 RUNS = (*OBJECTIVE_METHODS, *VARIANTS)
 # Paired comparisons in the report (first against second), where both runs exist at a σ.
-COMPARISONS = (("denoised-ce", "none"), ("ft-cadis", "none"), ("ft-cadis", "denoised-ce"), ("sce-only", "none"),
-               ("ce-madv", "none"), ("ft-cadis", "sce-only"), ("ft-cadis-lam1", "none"),
-               ("ft-cadis-lam1", "ft-cadis"))
+COMPARISONS = (("denoised-ce", "none"), ("ft-cadis", "none"), ("ft-cadis", "denoised-ce"),
+               ("ft-cadis", "ft-cadis-detached"), ("ft-cadis-detached", "none"), ("ft-cadis-detached", "denoised-ce"),
+               ("sce-only", "none"),
+               ("ce-madv", "none"), ("ft-cadis-detached", "sce-only"), ("ft-cadis-detached-lam1", "none"),
+               ("ft-cadis-detached-lam1", "ft-cadis-detached"))
 
 
 def run_method(run: str) -> tuple[str, dict]:

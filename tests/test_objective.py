@@ -69,7 +69,8 @@ def test_mask_needs_every_draw_correct():
 def test_consistency_target_and_kl():
     logits = torch.tensor([[[0.0, math.log(3.0)], [math.log(3.0), 0.0]]], requires_grad=True)
     p_bar = consistency_target(logits)
-    assert not p_bar.requires_grad  # a fixed target
+    assert p_bar.requires_grad  # the authors' target keeps its gradient
+    assert not consistency_target(logits, detach=True).requires_grad  # the ablation's fixed target
     assert p_bar.tolist()[0] == pytest.approx([0.5, 0.5])
     # p̄ with a zero entry (0·log 0 = 0): KL([1/2, 1/2, 0] ‖ [1/4, 1/2, 1/4]) = ½ log 2
     got = consistency_kl(torch.tensor([[0.5, 0.5, 0.0]]), torch.tensor([[[0.0, math.log(2.0), 0.0]]]))
@@ -205,6 +206,42 @@ def test_pgd_stays_in_the_ball_and_raises_the_kl():
     # the classifier is back in train mode, trainable, and got no parameter gradient
     assert model.training and model[1].weight.requires_grad and model[1].weight.grad is None
     assert not eta.requires_grad
+
+
+def test_madv_gradient_reaches_the_clean_logits_through_p_bar():
+    # ∂/∂p̄ KL(p̄ ‖ q) = log p̄ + 1 - log q, then through p̄ = mean_i softmax(z_i): the chain rule by hand
+    z = torch.tensor([[[1.0, 0.0, -1.0], [0.5, 0.2, 0.1]]], requires_grad=True)  # clean draws, [B=1, M=2, K=3]
+    adv = torch.tensor([[[0.0, 1.0, 0.0], [0.2, 0.3, 0.4]]])  # adversarial logits, a constant here
+    lam = 2.0
+    p_bar = consistency_target(z)
+    kl = consistency_kl(p_bar, adv)[0]
+    worst = int(kl.argmax())
+    madv_loss(p_bar, adv, torch.tensor([True]), lam).sum().backward()
+    p = z.detach().softmax(-1)[0]
+    dp = lam * (p_bar.detach()[0].log() + 1 - adv[0, worst].log_softmax(-1))  # ∂L/∂p̄
+    expected = torch.stack([(torch.diag(p[i]) - torch.outer(p[i], p[i])) @ dp / 2 for i in range(2)])
+    torch.testing.assert_close(z.grad[0], expected, rtol=1e-5, atol=1e-6)
+    assert z.grad.abs().sum() > 0.01
+    # detached: L_MAdv no longer reaches the clean draws
+    assert not madv_loss(consistency_target(z, detach=True), adv, torch.tensor([True]), lam).requires_grad
+
+
+def test_detached_target_changes_the_gradient_not_the_loss():
+    model = linear_model(7)
+    denoiser = lambda noisy, sigma: noisy  # noqa: E731  an identity "denoiser"
+    x = torch.rand(4, 1, 2, 2, generator=torch.Generator().manual_seed(8))
+    y = model(x).argmax(-1).detach()  # labels the model gets right, so the mask is on
+    noise = 0.01 * torch.randn(4, 2, 1, 2, 2, generator=torch.Generator().manual_seed(9))
+    grads, losses = [], []
+    for detach in (False, True):
+        model.zero_grad()
+        loss, _ = FTCadisLoss("ft-cadis", sigma=0.1, num_draws=2, lam=4.0, eps=0.2, adv_steps=1,
+                              detach_target=detach)(model, denoiser, x, y, noise=noise)
+        loss.backward()
+        grads.append(model[1].weight.grad.clone())
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert (grads[0] - grads[1]).abs().max() > 1e-4
 
 
 def test_bad_settings_raise():

@@ -47,9 +47,11 @@ def test_the_readme_block_between_the_markers_is_replaced(tmp_path):
 
 def test_a_named_variant_changes_one_hyperparameter_of_its_method(tmp_path):
     base = results.finetune_config("ft-cadis", 0.25, 10, tmp_path)
-    variant = results.finetune_config("ft-cadis-lam1", 0.25, 10, tmp_path)
-    assert variant.method == "ft-cadis" and variant.lam == 1.0 != base.lam
-    assert variant.out.endswith("fashion-mnist-ft-cadis-lam1-s0.25") and variant.out != base.out
-    assert results.classifier_spec("ft-cadis-lam1", 0.5).endswith("ft-cadis-lam1-s0.5")
+    variant = results.finetune_config("ft-cadis-detached", 0.25, 10, tmp_path)
+    assert variant.method == "ft-cadis" and variant.detach_target and not base.detach_target
+    assert variant.out.endswith("fashion-mnist-ft-cadis-detached-s0.25") and variant.out != base.out
+    assert results.classifier_spec("ft-cadis-detached", 0.5).endswith("ft-cadis-detached-s0.5")
+    lam1 = results.finetune_config("ft-cadis-detached-lam1", 0.25, 10, tmp_path)
+    assert lam1.lam == 1.0 != base.lam and lam1.detach_target
     with pytest.raises(CadisError, match="Unknown run"):
         results.run_method("ft-cadis-lam2")

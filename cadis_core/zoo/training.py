@@ -57,11 +57,11 @@ class ClassifierTrainConfig(TrainConfig):
     label_smoothing: float = 0.1
 
 
-def warmup_cosine(step: int, warmup: int, total: int) -> float:
-    """The learning-rate multiplier: linear warmup, then cosine decay to zero."""
+def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.0) -> float:
+    """The learning-rate multiplier: linear warmup, then cosine decay to `floor`."""
     if step < warmup:
         return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
