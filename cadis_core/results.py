@@ -32,6 +32,7 @@ from .evaluation import selection_rates
 from .finetune import FinetuneConfig, finetune
 from .objective import METHODS as OBJECTIVE_METHODS
 from .presets import get_preset
+from .recipes import RECIPES, get_recipe
 from .runner import certify_classifiers, select_indices
 from .smoothing import DenoisedSmoothing
 from .training_curves import comparison_figure
@@ -41,11 +42,12 @@ FINETUNED = ASSETS / "models" / "finetuned"
 README = ASSETS.parent / "README.md"
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 METHODS = ("none", "denoised-ce", "ft-cadis")
-SIGMAS = (0.25, 0.5)
+SIGMAS = (0.25, 0.5, 1.0)
 # Named runs that change a hyperparameter of a method: name -> (method, FinetuneConfig overrides).
 VARIANTS = {"ft-cadis-detached": ("ft-cadis", {"detach_target": True}),
             "ft-cadis-detached-lam1": ("ft-cadis", {"detach_target": True, "lam": 1.0})}
 RUNS = (*OBJECTIVE_METHODS, *VARIANTS)
+TRAIN_SIZE = 60_000  # Fashion-MNIST training images: recipes count epochs of it
 # Paired comparisons in the report (first against second), where both runs exist at a σ.
 COMPARISONS = (("denoised-ce", "none"), ("ft-cadis", "none"), ("ft-cadis", "denoised-ce"),
                ("ft-cadis", "ft-cadis-detached"), ("ft-cadis-detached", "none"), ("ft-cadis-detached", "denoised-ce"),
@@ -55,17 +57,28 @@ COMPARISONS = (("denoised-ce", "none"), ("ft-cadis", "none"), ("ft-cadis", "deno
 
 
 def run_method(run: str) -> tuple[str, dict]:
-    """The objective method of a run name and its hyperparameter overrides."""
-    if run not in RUNS:
-        raise CadisError(f"Unknown run {run!r}; choose from: {', '.join(RUNS)}.")
-    return VARIANTS.get(run, (run, {}))
+    """The objective method of a run name and its FinetuneConfig overrides (a variant's and its recipe's).
+
+    A run is `<method or variant>[.<recipe>]`, e.g. `ft-cadis.authors-lora`; without a recipe it is `short`."""
+    name, _, recipe = run.partition(".")
+    if name not in RUNS:
+        raise CadisError(f"Unknown run {run!r}; choose from: {', '.join(RUNS)}, optionally followed by "
+                         f".<recipe> ({', '.join(RECIPES)}).")
+    method, overrides = VARIANTS.get(name, (name, {}))
+    return method, {**get_recipe(recipe or "short").finetune_values(TRAIN_SIZE), **overrides}
 
 
-def finetune_config(run: str, sigma: float, steps: int, runs: Path, compile: bool = False) -> FinetuneConfig:
-    method, overrides = run_method(run)
+def finetune_config(run: str, sigma: float, steps: int | None, runs: Path, compile: bool = False) -> FinetuneConfig:
+    """The run's configuration; `steps` overrides the recipe's length (None keeps it)."""
+    method, values = run_method(run)
+    evals = values.pop("evals")
+    if steps is not None and steps != values["steps"]:
+        values["warmup"] = max(1, round(values["warmup"] * steps / values["steps"]))
+        values["steps"] = steps
+    values.setdefault("save_as", "adapter")
     return FinetuneConfig(out=str(runs / f"fashion-mnist-{run}-s{sigma:g}"), method=method, sigma=sigma,
-                          steps=steps, batch_size=32, lr=1e-3, warmup=50, eval_every=max(1, steps // 5),
-                          eval_size=500, save_as="adapter", seed=0, compile=compile, **overrides)
+                          eval_every=max(1, values["steps"] // evals), eval_size=500, seed=0, compile=compile,
+                          **values)
 
 
 def classifier_spec(run: str, sigma: float) -> str:
@@ -73,7 +86,7 @@ def classifier_spec(run: str, sigma: float) -> str:
     return preset.classifier if run == "none" else str(FINETUNED / f"{run}-s{sigma:g}")
 
 
-def run_finetuning(methods=METHODS, sigmas=SIGMAS, steps: int = 1000, runs: Path = Path("runs/finetune"),
+def run_finetuning(methods=METHODS, sigmas=SIGMAS, steps: int | None = None, runs: Path = Path("runs/finetune"),
                    compile: bool = False) -> None:
     preset = get_preset("fashion-mnist")
     denoiser, classifier = preset.load_models()
@@ -235,8 +248,9 @@ def finetuning_cost() -> pd.DataFrame | None:
     return pd.DataFrame.from_dict(rows, orient="index") if rows else None
 
 
-def run_all(stage: str = "all", steps: int = 1000, max_images: int = 500, n: int = 1000, threads: int = 0,
-            precision: str = "fp32", compile: bool = False, sigmas=SIGMAS, methods=METHODS) -> str:
+def run_all(stage: str = "all", steps: int | None = None, max_images: int = 500, n: int = 1000, threads: int = 0,
+            precision: str = "fp32", compile: bool = False, sigmas=SIGMAS, methods=METHODS,
+            runs: Path = Path("runs/finetune")) -> str:
     """Every stage, one σ at a time (its results are complete before the next σ starts);
     `precision`/`compile` speed up certification (and `compile` fine-tuning)."""
     if threads:
@@ -245,7 +259,7 @@ def run_all(stage: str = "all", steps: int = 1000, max_images: int = 500, n: int
         run_diagnostics(sigmas)
     for sigma in sigmas:
         if stage in ("all", "finetune"):
-            run_finetuning(methods, (sigma,), steps=steps, compile=compile)
+            run_finetuning(methods, (sigma,), steps=steps, runs=runs, compile=compile)
         if stage in ("all", "certify"):
             run_certification(methods, (sigma,), max_images=max_images, n=n,
                               acceleration=Acceleration(precision, compile=compile))

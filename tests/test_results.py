@@ -55,3 +55,29 @@ def test_a_named_variant_changes_one_hyperparameter_of_its_method(tmp_path):
     assert lam1.lam == 1.0 != base.lam and lam1.detach_target
     with pytest.raises(CadisError, match="Unknown run"):
         results.run_method("ft-cadis-lam2")
+
+
+def test_the_short_recipe_is_the_regime_of_the_shipped_runs(tmp_path):
+    # the shipped adapters' finetune.json records the regime they were trained in; the recipe must repeat it
+    import json
+
+    shipped = json.loads((results.FINETUNED / "denoised-ce-s0.25" / "finetune.json").read_text())["config"]
+    config = results.finetune_config("denoised-ce", 0.25, None, tmp_path).__dict__
+    for key in ("steps", "batch_size", "lr", "warmup", "num_draws", "lam", "eps", "adv_steps", "weight_decay",
+                "grad_clip", "eval_every", "eval_size", "lora_r", "seed", "save_as"):
+        assert config[key] == shipped[key], key
+
+
+def test_the_authors_recipes_follow_their_learning_rate_rule(tmp_path):
+    lora = results.finetune_config("ft-cadis.authors-lora", 1.0, None, tmp_path)
+    assert (lora.num_draws, lora.adv_steps, lora.lam, lora.lora) == (2, 1, 2.0, True)
+    assert lora.lr == pytest.approx(4e-4 * 128 / 256) and lora.min_lr == 1e-6
+    assert lora.steps == round(3 * 60_000 / 128) and lora.warmup == round(0.1 * lora.steps)
+    assert lora.out.endswith("fashion-mnist-ft-cadis.authors-lora-s1")
+    full = results.finetune_config("ft-cadis.authors-full", 1.0, None, tmp_path)
+    assert (full.num_draws, full.adv_steps, full.lam, full.lora, full.save_as) == (4, 4, 4.0, False, "merged")
+    assert full.lr == pytest.approx(5e-5) and full.layer_decay == 0.65
+    short = results.finetune_config("denoised-ce.authors-lora", 1.0, 100, tmp_path)
+    assert short.steps == 100 and short.warmup == round(lora.warmup * 100 / lora.steps)  # warmup scales
+    with pytest.raises(CadisError, match="Unknown recipe"):
+        results.run_method("ft-cadis.nope")
