@@ -89,6 +89,30 @@ def summary_table(results: dict[str, pd.DataFrame], radii=DEFAULT_RADII, envelop
     return table
 
 
+def envelope_table(results: dict[str, pd.DataFrame], radii=DEFAULT_RADII) -> pd.DataFrame:
+    """The best-σ envelope per method: at each radius, the best certified accuracy over a run's noise levels,
+    and the σ that gives it (as the paper and Carlini et al. tabulate). Runs are grouped by their sidecar's
+    `run` (else `method`); a group needs the same images at every σ to be comparable."""
+    groups: dict[str, list[pd.DataFrame]] = {}
+    for label, df in results.items():
+        config = df.attrs.get("config", {})
+        groups.setdefault(config.get("run") or config.get("method") or label, []).append(df)
+    acc, best_sigma = {}, {}
+    for name, frames in groups.items():
+        if len({tuple(sorted(df["idx"])) for df in frames}) > 1:
+            raise CadisError(f"The runs of {name!r} certify different images at different σ; an envelope over "
+                             "them would mix test sets. Certify the same indices at every σ.")
+        curves = np.array([certified_accuracy(df, radii) for df in frames])  # [σ, radius]
+        sigmas = [df.attrs.get("config", {}).get("sigma", np.nan) for df in frames]
+        best = curves.argmax(0)
+        acc[name] = {f"r={r:g}": curves[b, i] for i, (r, b) in enumerate(zip(radii, best))}
+        best_sigma[name] = {f"r={r:g}": sigmas[b] for r, b in zip(radii, best)}
+    table = pd.DataFrame(acc).T
+    table.index.name = "run"
+    table.attrs["sigma"] = pd.DataFrame(best_sigma).T
+    return table
+
+
 def per_class_accuracy(results: dict[str, pd.DataFrame], radius: float = 0.0,
                        classes: list[str] | None = None) -> pd.DataFrame:
     """Certified accuracy at `radius` per true class (columns; names from `classes`), one row per run.

@@ -16,9 +16,9 @@ import torch
 
 from .acceleration import Acceleration
 from .analysis import (
-    DEFAULT_RADII,
     certified,
     certified_accuracy_figure,
+    envelope_table,
     merge_results,
     paired_comparison,
     per_class_accuracy,
@@ -43,6 +43,7 @@ README = ASSETS.parent / "README.md"
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 METHODS = ("none", "denoised-ce", "ft-cadis")
 SIGMAS = (0.25, 0.5, 1.0)
+RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # the paper's and Carlini et al.'s columns
 # Named runs that change a hyperparameter of a method: name -> (method, FinetuneConfig overrides).
 VARIANTS = {"ft-cadis-detached": ("ft-cadis", {"detach_target": True}),
             "ft-cadis-detached-lam1": ("ft-cadis", {"detach_target": True, "lam": 1.0})}
@@ -150,7 +151,22 @@ def run_diagnostics(sigmas=SIGMAS, limit: int = 2000, num_draws: int = 4, seed: 
     return table
 
 
-def write_report(radii=DEFAULT_RADII) -> str:
+def envelope_markdown(results: dict[str, pd.DataFrame], radii=RADII) -> str:
+    """Per method run at several σ, the best certified accuracy over σ at each radius, with the σ that gives it."""
+    runs = pd.Series({label: run_name(df) for label, df in results.items()})
+    several = runs[runs.map(runs.value_counts()) > 1].index
+    table = envelope_table({label: results[label] for label in several}, radii)
+    sigma = table.attrs["sigma"]
+    cells = table.apply(lambda col: [f"{v:.3f} (σ={s:g})" if v > 0 else "0.000"
+                                     for v, s in zip(col, sigma[col.name])])
+    return cells.to_markdown(disable_numparse=True)
+
+
+def run_name(df: pd.DataFrame) -> str:
+    return df.attrs["config"].get("run", df.attrs["config"].get("method"))
+
+
+def write_report(radii=RADII) -> str:
     """Tables (markdown, CSV) and figures (HTML) from whatever result files exist. The README gets the
     summary, the paired differences and the fine-tuning cost; summary.md adds the per-class tables."""
     files = sorted(RESULTS.glob("*_s*.tsv"))
@@ -166,6 +182,10 @@ def write_report(radii=DEFAULT_RADII) -> str:
         markdown += ("\n\nPaired differences in certified accuracy (points; same images and draws): "
                      "images only the first run certifies / only the second, and the exact McNemar p-value "
                      "(per comparison, not corrected for multiplicity)\n\n" + paired.to_markdown())
+    by_sigma = {sigma for df in results.values() for sigma in [df.attrs["config"].get("sigma")]}
+    if len(by_sigma) > 1:
+        markdown += ("\n\nBest-σ envelope per method: the best certified accuracy over σ at each radius, and the σ "
+                     "that gives it\n\n" + envelope_markdown(results, radii))
     cost = finetuning_cost()
     if cost is not None:
         cost.to_csv(RESULTS / "finetune_cost.csv")
@@ -200,10 +220,9 @@ def write_report(radii=DEFAULT_RADII) -> str:
     return full
 
 
-def paired_table(results: dict[str, pd.DataFrame], radii=DEFAULT_RADII) -> pd.DataFrame | None:
+def paired_table(results: dict[str, pd.DataFrame], radii=RADII) -> pd.DataFrame | None:
     """One row per comparison in COMPARISONS and σ: "+3.0 (20/5, p=0.002)" per radius."""
-    by_run = {(df.attrs["config"].get("run", df.attrs["config"].get("method")), df.attrs["config"].get("sigma")): df
-              for df in results.values()}
+    by_run = {(run_name(df), df.attrs["config"].get("sigma")): df for df in results.values()}
     # radii no run certifies any image at would only add columns of "+0.0 (0/0, p=1)"
     radii = [r for r in radii if any(certified(df, r).any() for df in results.values())]
     rows = {}

@@ -101,3 +101,25 @@ def test_per_class_accuracy_names_the_classes_and_counts_abstains_as_misses(tmp_
     results = merge_results([tmp_path / "a.tsv"])
     assert per_class_accuracy(results, 0.0, ["top", "trouser"]).loc["A"].to_dict() == {"top": 0.5, "trouser": 1.0}
     assert per_class_accuracy(results, 0.5).loc["A"].tolist() == [0.5, 0.5]
+
+
+def test_envelope_takes_the_best_sigma_per_radius_and_method():
+    import pandas as pd
+
+    from cadis_core.analysis import envelope_table
+
+    def run(name, sigma, radii, correct):
+        df = pd.DataFrame({"idx": range(len(radii)), "label": 0, "predict": 0, "radius": radii, "correct": correct})
+        df.attrs["config"] = {"run": name, "sigma": sigma}
+        return df
+
+    results = {"a small": run("a", 0.25, [0.5, 0.5, 0.0, 0.6], [1, 1, 1, 1]),   # good at small radii
+               "a large": run("a", 1.0, [2.0, 1.5, 0.0, 0.0], [1, 1, 0, 0]),     # reaches large radii
+               "b small": run("b", 0.25, [0.1, 0.0, 0.0, 0.0], [1, 0, 0, 0])}
+    table = envelope_table(results, radii=(0.0, 0.5, 1.0, 2.0))
+    assert table.loc["a"].tolist() == [1.0, 0.75, 0.5, 0.25]
+    assert table.attrs["sigma"].loc["a"].tolist() == [0.25, 0.25, 1.0, 1.0]
+    assert table.loc["b"].tolist() == [0.25, 0.0, 0.0, 0.0]
+    results["a other images"] = run("a", 0.5, [1.0] * 4, [1] * 4).assign(idx=[5, 6, 7, 8])
+    with pytest.raises(CadisError, match="different images"):
+        envelope_table(results)
