@@ -23,10 +23,17 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import beta
 
 from .errors import CadisError
-from .smoothing import ABSTAIN, Certificate, Smooth, check_parameters, lower_confidence_bound, radius
+from .smoothing import (
+    ABSTAIN,
+    Certificate,
+    Smooth,
+    check_parameters,
+    lower_confidence_bound,
+    radius,
+    upper_confidence_bound,
+)
 
 FIRST_LOOK = 100
 # Names the stopping rule and the α split in result sidecars, so files made by another rule never resume.
@@ -52,11 +59,6 @@ def look_levels(alpha: float, looks: int) -> list[float]:
     if looks == 1:
         return [alpha]
     return [alpha / 2 / (looks - 1)] * (looks - 1) + [alpha / 2]
-
-
-def upper_confidence_bound(k: int, n: int, alpha: float) -> float:
-    """One-sided (1 - α) Clopper-Pearson upper bound on p from k successes in n trials."""
-    return 1.0 if k == n else float(beta.ppf(1 - alpha, k + 1, n - k))
 
 
 def _radius(sigma: float, p: float) -> float:

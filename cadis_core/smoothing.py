@@ -26,6 +26,12 @@ def lower_confidence_bound(k: int, n: int, alpha: float) -> float:
     return 0.0 if k == 0 else float(beta.ppf(alpha, k, n - k + 1))
 
 
+def upper_confidence_bound(k: int, n: int, alpha: float) -> float:
+    """One-sided (1 - α) Clopper-Pearson upper bound on p from k successes in n trials:
+    the 1 - α quantile of Beta(k + 1, n - k)."""
+    return 1.0 if k == n else float(beta.ppf(1 - alpha, k + 1, n - k))
+
+
 def check_parameters(sigma: float | None = None, alpha: float | None = None,
                      n0: int | None = None, n: int | None = None) -> None:
     """Raise a CadisError that says what to change for parameters outside their range."""
