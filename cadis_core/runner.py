@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset
 from .errors import CadisError
+from .seeds import derive_seed
 from .smoothing import Certificate, DenoisedSmoothing, Smooth
 
 COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "count_a", "n", "p_a_lower", "sigma", "alpha"]
@@ -123,7 +124,7 @@ def _certify_loop(certify: Callable[[torch.Tensor, int, list[int]], list[Certifi
             x, label = dataset[idx]
             wanted = [k for k, d in enumerate(done) if idx not in d]
             start = time.time()
-            certs = certify(x.to(device), seed * 1_000_003 + idx, wanted)
+            certs = certify(x.to(device), derive_seed(seed, idx), wanted)
             elapsed = time.time() - start
             for k, cert in zip(wanted, certs):
                 row = [idx, label, cert.prediction, f"{cert.radius:.4f}", int(cert.prediction == label),
