@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +40,20 @@ from .smoothing import (
 FIRST_LOOK = 100
 # Names the stopping rule and the α split in result sidecars, so files made by another rule never resume.
 RULE = "alpha/2 on the final look, projection at the upper bound"
+
+
+@dataclass(frozen=True)
+class AdaptiveSettings:
+    """A run's adaptive CERTIFY settings, as its sidecar records them (`rule` names the stopping rule)."""
+
+    tolerance: float
+    radii: tuple[float, ...] = ()
+    first_look: int = FIRST_LOOK
+    rule: str = RULE
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tolerance": self.tolerance, "radii": list(self.radii), "first_look": self.first_look,
+                "rule": self.rule}
 
 
 def default_tolerance(sigma: float) -> float:
