@@ -13,6 +13,7 @@ import functools
 import gradio as gr
 
 from cadis_core.errors import CadisError
+from cadis_core.hallucination import score_draws
 from cadis_core.smoothing import ABSTAIN
 from cadis_core.ui_support import (
     ModelBundle,
@@ -51,7 +52,7 @@ def certify(image_file: str | None, index: float, sigma: float, n: float, alpha:
             x, label = b.dataset[i]
         smooth = b.smoothing(sigma, batch_size=min(b.preset.batch_size, 100))
         progress(0, desc="denoising draws for the gallery")
-        draws = smooth.score_draws(x, label, GALLERY_DRAWS, seed=1)
+        [draws] = score_draws(smooth, x, label, GALLERY_DRAWS, seed=1)
         cert, counts = certify_one(b, x, sigma, n0, n, alpha, seed=0,
                                    progress=lambda done, total: progress((done, total), desc="certifying",
                                                                          unit="draws"),

@@ -20,17 +20,40 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import beta
 
 from .errors import CadisError
-from .smoothing import ABSTAIN, Certificate, Smooth, check_parameters, lower_confidence_bound, radius
+from .smoothing import (
+    ABSTAIN,
+    Certificate,
+    Smooth,
+    check_parameters,
+    lower_confidence_bound,
+    radius,
+    upper_confidence_bound,
+)
 
 FIRST_LOOK = 100
 # Names the stopping rule and the α split in result sidecars, so files made by another rule never resume.
 RULE = "alpha/2 on the final look, projection at the upper bound"
+
+
+@dataclass(frozen=True)
+class AdaptiveSettings:
+    """A run's adaptive CERTIFY settings, as its sidecar records them (`rule` names the stopping rule)."""
+
+    tolerance: float
+    radii: tuple[float, ...] = ()
+    first_look: int = FIRST_LOOK
+    rule: str = RULE
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tolerance": self.tolerance, "radii": list(self.radii), "first_look": self.first_look,
+                "rule": self.rule}
 
 
 def default_tolerance(sigma: float) -> float:
@@ -52,11 +75,6 @@ def look_levels(alpha: float, looks: int) -> list[float]:
     if looks == 1:
         return [alpha]
     return [alpha / 2 / (looks - 1)] * (looks - 1) + [alpha / 2]
-
-
-def upper_confidence_bound(k: int, n: int, alpha: float) -> float:
-    """One-sided (1 - α) Clopper-Pearson upper bound on p from k successes in n trials."""
-    return 1.0 if k == n else float(beta.ppf(1 - alpha, k + 1, n - k))
 
 
 def _radius(sigma: float, p: float) -> float:

@@ -125,12 +125,12 @@ def _cuda() -> bool:
 def _run_certify(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .adaptive import FIRST_LOOK, RULE, certify_adaptive, default_tolerance
+    from .adaptive import AdaptiveSettings, default_tolerance
     from .classifier import load_classifier
     from .data import load_dataset
     from .denoiser import DiffusionDenoiser
     from .presets import get_preset
-    from .runner import certify_dataset, merge_shards, select_indices, shard_path
+    from .runner import CertifyConfig, certify_dataset, check_selection, merge_shards, shard_path
     from .smoothing import DenoisedSmoothing, check_parameters
 
     preset = get_preset(args.preset) if args.preset else None
@@ -156,7 +156,7 @@ def _run_certify(args: argparse.Namespace) -> None:
         if args.device.startswith("cuda"):
             args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     dataset = load_dataset(dataset_name, args.split, args.data_root, args.download)
-    indices = select_indices(len(dataset), args.skip, args.max, shard)
+    check_selection(args.skip, shard)  # before loading models
     if preset and not args.denoiser and not args.classifier:
         preset.check_available()
     try:
@@ -170,23 +170,17 @@ def _run_certify(args: argparse.Namespace) -> None:
     smooth = DenoisedSmoothing(denoiser, classifier, sigma, batch_size or 1, args.mode, acceleration, **kwargs)
     if batch_size is None:
         batch_size = smooth.batch_size = _fit_batch_size(smooth, dataset[0][0].to(args.device))
-    certify = None
     adaptive = None
     if args.adaptive:
-        tolerance = default_tolerance(sigma) if args.tolerance is None else args.tolerance
-        adaptive = {"tolerance": tolerance, "radii": radii, "first_look": FIRST_LOOK, "rule": RULE}
-
-        def certify(x, seed):
-            return certify_adaptive(smooth, x, n0, n, args.alpha, seed, tolerance, radii)
+        adaptive = AdaptiveSettings(default_tolerance(sigma) if args.tolerance is None else args.tolerance,
+                                    tuple(radii))
+    config = CertifyConfig(denoiser=str(denoiser_spec), classifier=str(classifier_spec), dataset=dataset_name,
+                           split=args.split, sigma=sigma, n0=n0, n=n, alpha=args.alpha, seed=args.seed,
+                           batch_size=batch_size, mode=args.mode, steps=args.steps, sampler=args.sampler,
+                           acceleration=acceleration, adaptive=adaptive, skip=args.skip, max_index=args.max,
+                           shard=shard, preset=args.preset, label=args.label, device=args.device)
     out = shard_path(Path(args.out), shard)
-    config = {"preset": args.preset, "denoiser": str(denoiser_spec), "classifier": str(classifier_spec),
-              "dataset": dataset_name, "split": args.split, "sigma": sigma, "n0": n0, "n": n, "alpha": args.alpha,
-              "seed": args.seed, "batch_size": batch_size, "mode": args.mode, "skip": args.skip, "max": args.max,
-              "shard": args.shard, "label": args.label, "device": args.device,
-              "acceleration": acceleration.describe(), "adaptive": adaptive,
-              **({"steps": args.steps, "sampler": args.sampler} if args.mode == "multistep" else {})}
-    certify_dataset(smooth, dataset, out, config, indices, n0, n, args.alpha, args.seed, args.fresh, args.device,
-                    certify)
+    certify_dataset(smooth, dataset, out, config, args.fresh)
     if world > 1:
         import torch.distributed as dist
 

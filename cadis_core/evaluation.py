@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset
 from .objective import classify_draws, correct_draws, denoise_draws
+from .seeds import derive_seed
 
 
 def _batches(dataset: ImageDataset, batch_size: int, limit: int | None, desc: str):
@@ -36,7 +37,7 @@ def clean_accuracy(classifier: torch.nn.Module, dataset: ImageDataset, batch_siz
 
 def _noisy(x: torch.Tensor, sigma: float, seed: int, start: int) -> torch.Tensor:
     # One generator per batch start: results do not depend on the batch size's history.
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
+    gen = torch.Generator().manual_seed(derive_seed(seed, start))
     return x + sigma * torch.randn(x.shape, generator=gen)
 
 
@@ -66,7 +67,7 @@ def selection_rates(denoiser: torch.nn.Module, classifier: torch.nn.Module, data
     are all right (mask rate, where L_MAdv applies)."""
     selected, masked, labels = [], [], []
     for start, x, y in _batches(dataset, batch_size, limit, f"selection σ={sigma}"):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
+        gen = torch.Generator().manual_seed(derive_seed(seed, start))
         noise = torch.randn((len(x), num_draws, *x.shape[1:]), generator=gen).to(denoiser.device)
         x = x.to(denoiser.device)
         correct = correct_draws(classify_draws(classifier, denoise_draws(denoiser, x, noise, sigma)),

@@ -39,6 +39,7 @@ from .data import ImageDataset
 from .errors import CadisError
 from .lora import SAVE_FORMATS, apply_lora, base_model, enable_full_finetuning, save_classifier, trainable_parameters
 from .objective import METHODS, FTCadisLoss, check_method, draw_noise
+from .seeds import derive_seed
 from .zoo.training import batch_indices, warmup_cosine
 
 STEP_FIELDS = ["loss", "loss_sce", "loss_madv", "selection_rate", "mask_rate", "acc_denoised", "warm_start_rate"]
@@ -188,7 +189,7 @@ def evaluate_denoised(classifier: torch.nn.Module, denoiser: torch.nn.Module, te
         classifier = classifier.module
     size = min(size, len(test_set))
     x, y = test_set.images[:size], test_set.labels[:size]
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + 999_983))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(derive_seed(seed, 999_983)))
     rank, n_proc = world()
     device = _device_of(denoiser)
     was_training = classifier.training
@@ -398,7 +399,7 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
                disable=not main)
     for step in bar:
         t_step = time.time()
-        seed = cfg.seed * 1_000_003 + step
+        seed = derive_seed(cfg.seed, step)
         idx = train_idx[batch_indices(len(train_idx), cfg.batch_size, step, cfg.seed)]
         x, y = train_set.images[idx], train_set.labels[idx]
         noise = draw_noise(x, cfg.num_draws, torch.Generator().manual_seed(seed))

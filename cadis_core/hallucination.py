@@ -8,6 +8,7 @@ draws, so an off-the-shelf and a fine-tuned classifier compare paired. The ROC c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,40 @@ import torch
 
 from .errors import CadisError
 from .smoothing import DenoisedSmoothing
+
+
+@dataclass
+class DrawScores:
+    """One classifier's scores of denoised draws: noisy inputs, denoised images, softmax, top-1,
+    confidence, hallucinated (top-1 differs from the reference label)."""
+
+    noisy: torch.Tensor
+    denoised: torch.Tensor
+    probs: torch.Tensor
+    top1: torch.Tensor
+    confidence: torch.Tensor
+    hallucinated: torch.Tensor
+    reference_label: int
+
+
+def score_draws(smooth: DenoisedSmoothing, x: torch.Tensor, label: int | None, num: int, seed: int = 0,
+                classifiers: Sequence[torch.nn.Module] | None = None) -> list[DrawScores]:
+    """Denoise `num` draws of x + δ once (with `smooth`'s denoiser and σ) and score them with each of
+    `classifiers` (default: `smooth.classifier`), one DrawScores each on the same draws. A draw is
+    hallucinated when its top-1 class differs from `label` (or, with no label, from the majority vote
+    of that classifier's draws)."""
+    classifiers = [smooth.classifier] if classifiers is None else classifiers
+    gen = smooth.generator(x, seed)
+    out = []
+    with torch.inference_mode(), smooth.acceleration.autocast(x.device):
+        noisy = torch.randn((num, *x.shape), generator=gen, device=x.device).mul_(smooth.sigma).add_(x)
+        denoised = torch.cat([smooth.denoise(b) for b in noisy.split(smooth.batch_size)])
+        for classifier in classifiers:
+            probs = torch.cat([classifier(b).float().softmax(1) for b in denoised.split(smooth.batch_size)])
+            confidence, top1 = probs.max(1)
+            reference = int(torch.bincount(top1, minlength=probs.shape[1]).argmax()) if label is None else label
+            out.append(DrawScores(noisy, denoised, probs, top1, confidence, top1 != reference, reference))
+    return out
 
 
 @dataclass
@@ -37,23 +72,15 @@ def score_images(smooth: DenoisedSmoothing, images: list[tuple[str, torch.Tensor
     with every classifier; image k uses seed + k."""
     if draws < 1:
         raise CadisError(f"The number of draws must be >= 1 (got {draws}).")
+    if not classifiers:
+        raise CadisError("Choose at least one classifier to score the draws with.")
     out = []
     for k, (name, x, label) in enumerate(images):
-        first = None
-        scores = {}
-        for cname, clf in classifiers.items():
-            if first is None:
-                first = smooth.score_draws(x, label, draws, seed=seed + k, classifier=clf)
-                s = first
-            else:  # the same draws: reuse the denoised images, only the classifier changes
-                with torch.inference_mode():
-                    probs = torch.cat([clf(b).softmax(1) for b in first.denoised.split(256)])
-                conf, top1 = probs.max(1)
-                ref = label if label is not None else int(torch.bincount(top1, minlength=probs.shape[1]).argmax())
-                s = type(first)(first.noisy, first.denoised, probs, top1, conf, top1 != ref, ref)
-            scores[cname] = {"top1": s.top1.tolist(), "confidence": s.confidence.tolist(),
-                             "hallucinated": s.hallucinated.tolist(), "reference": s.reference_label}
-        out.append(ImageDraws(name, x, label, first.noisy, first.denoised, scores))
+        scored = score_draws(smooth, x, label, draws, seed + k, list(classifiers.values()))
+        scores = {cname: {"top1": s.top1.tolist(), "confidence": s.confidence.tolist(),
+                          "hallucinated": s.hallucinated.tolist(), "reference": s.reference_label}
+                  for cname, s in zip(classifiers, scored)}
+        out.append(ImageDraws(name, x, label, scored[0].noisy, scored[0].denoised, scores))
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -33,7 +34,7 @@ from .finetune import FinetuneConfig, finetune
 from .objective import METHODS as OBJECTIVE_METHODS
 from .presets import get_preset
 from .recipes import RECIPES, get_recipe
-from .runner import certify_classifiers, select_indices
+from .runner import CertifyConfig, certify_classifiers
 from .smoothing import DenoisedSmoothing
 from .training_curves import comparison_figure
 
@@ -113,22 +114,21 @@ def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0:
     denoiser, _ = preset.load_models()
     test = preset.load_dataset("test")
     for sigma in sigmas:
+        shared = CertifyConfig(denoiser=preset.denoiser, classifier="", dataset=preset.dataset, split="test",
+                               sigma=sigma, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
+                               acceleration=acceleration, max_index=max_images, preset=preset.name)
         classifiers, outs = [], []
         for method in methods:
             spec = classifier_spec(method, sigma)
             classifiers.append(load_classifier(spec))
-            config = {"preset": preset.name, "denoiser": preset.denoiser, "classifier": spec,
-                      "dataset": preset.dataset, "split": "test", "sigma": sigma, "n0": n0, "n": n, "alpha": alpha,
-                      "seed": seed, "batch_size": batch_size, "mode": "one-shot", "skip": 1, "max": max_images,
-                      "method": run_method(method)[0], "run": method, "label": f"{method} σ={sigma:g}",
-                      "acceleration": acceleration.describe(),
-                      "adaptive": None, "shared_draws_with": [m for m in methods if m != method]}
+            notes = {"run": method, "shared_draws_with": [m for m in methods if m != method]}
             if method != "none":  # the fine-tuning configuration travels with the results
-                config["finetune"] = json.loads((Path(spec) / "finetune.json").read_text())
+                notes["finetune"] = json.loads((Path(spec) / "finetune.json").read_text())
+            config = replace(shared, classifier=spec, method=run_method(method)[0], label=f"{method} σ={sigma:g}",
+                             notes=notes)
             outs.append((RESULTS / f"{method}_s{sigma:g}.tsv", config))
         smooth = DenoisedSmoothing(denoiser, classifiers[0], sigma, batch_size, acceleration=acceleration)
-        certify_classifiers(smooth, classifiers, test, outs, select_indices(len(test), 1, max_images), n0, n,
-                            alpha, seed)
+        certify_classifiers(smooth, classifiers, test, outs)
 
 
 def run_diagnostics(sigmas=SIGMAS, limit: int = 2000, num_draws: int = 4, seed: int = 0) -> pd.DataFrame:

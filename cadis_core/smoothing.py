@@ -26,6 +26,12 @@ def lower_confidence_bound(k: int, n: int, alpha: float) -> float:
     return 0.0 if k == 0 else float(beta.ppf(alpha, k, n - k + 1))
 
 
+def upper_confidence_bound(k: int, n: int, alpha: float) -> float:
+    """One-sided (1 - α) Clopper-Pearson upper bound on p from k successes in n trials:
+    the 1 - α quantile of Beta(k + 1, n - k)."""
+    return 1.0 if k == n else float(beta.ppf(1 - alpha, k + 1, n - k))
+
+
 def check_parameters(sigma: float | None = None, alpha: float | None = None,
                      n0: int | None = None, n: int | None = None) -> None:
     """Raise a CadisError that says what to change for parameters outside their range."""
@@ -105,15 +111,26 @@ class Smooth:
         return Prediction(int(top2[0]) if p_value <= alpha else ABSTAIN, n_a, n_b, p_value)
 
     def sample_counts(self, x: torch.Tensor, num: int, generator: torch.Generator,
-                      progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Class counts of the base classifier over `num` draws of x + δ (x is one CHW image)."""
-        counts = torch.zeros(self.num_classes, dtype=torch.long, device=x.device)
+                      progress: Callable[[int], None] | None = None,
+                      heads: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None) -> np.ndarray:
+        """Class counts over `num` draws of x + δ (x is one CHW image): shape [classes] for the base
+        classifier, or [heads × classes] when each of `heads` classifies `self.shared(batch)` of the same draws."""
+        single = heads is None
+        heads = [self._forward] if single else heads  # one head: the whole base, prepared as one function
+        counts = torch.zeros(len(heads), self.num_classes, dtype=torch.long, device=x.device)
         with torch.inference_mode(), self.acceleration.autocast(x.device):
             for batch in self.noisy_batches(x, num, generator):
-                counts += torch.bincount(self._forward(batch).argmax(1), minlength=self.num_classes)
+                features = batch if single else self.shared(batch)  # computed once for all heads
+                for k, head in enumerate(heads):
+                    counts[k] += torch.bincount(head(features).argmax(1), minlength=self.num_classes)
                 if progress is not None:
                     progress(len(batch))
-        return counts.cpu().numpy()
+        counts = counts.cpu().numpy()
+        return counts[0] if single else counts
+
+    def shared(self, noisy: torch.Tensor) -> torch.Tensor:
+        """The part of the base that several heads share (none here: they classify the noisy batch)."""
+        return noisy
 
     def noisy_batches(self, x: torch.Tensor, num: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
         """`num` draws of x + δ in batches of at most `batch_size`."""
@@ -125,19 +142,6 @@ class Smooth:
     @staticmethod
     def generator(x: torch.Tensor, seed: int) -> torch.Generator:
         return torch.Generator(device=x.device).manual_seed(seed)
-
-
-@dataclass
-class DrawScores:
-    """Per-draw scores: noisy inputs, denoised images, softmax, top-1, confidence, hallucinated."""
-
-    noisy: torch.Tensor
-    denoised: torch.Tensor
-    probs: torch.Tensor
-    top1: torch.Tensor
-    confidence: torch.Tensor
-    hallucinated: torch.Tensor
-    reference_label: int
 
 
 class DenoisedSmoothing(Smooth):
@@ -167,22 +171,14 @@ class DenoisedSmoothing(Smooth):
         numbers, so methods compare paired), at the cost of one denoising for all of them."""
         check_parameters(alpha=alpha, n0=n0, n=n)
         heads = [self._prepared(c, (c,)) for c in classifiers]
-        denoise = self._prepared(self.denoiser, (self.denoiser,), self.denoise)
         gen = self.generator(x, seed)
-
-        def counts(num: int) -> np.ndarray:
-            total = torch.zeros(len(heads), self.num_classes, dtype=torch.long, device=x.device)
-            with torch.inference_mode(), self.acceleration.autocast(x.device):
-                for batch in self.noisy_batches(x, num, gen):
-                    denoised = denoise(batch)
-                    for k, head in enumerate(heads):
-                        total[k] += torch.bincount(head(denoised).argmax(1), minlength=self.num_classes)
-                    if progress is not None:
-                        progress(len(batch))
-            return total.cpu().numpy()
-
-        selection, estimation = counts(n0), counts(n)
+        selection = self.sample_counts(x, n0, gen, progress, heads)
+        estimation = self.sample_counts(x, n, gen, progress, heads)
         return [decide(s, e, alpha, self.sigma) for s, e in zip(selection, estimation)]
+
+    def shared(self, noisy: torch.Tensor) -> torch.Tensor:
+        """The denoised batch: classifiers behind this denoiser share it."""
+        return self._prepared(self.denoiser, (self.denoiser,), self.denoise)(noisy)
 
     def _prepared(self, key: torch.nn.Module, modules: tuple[torch.nn.Module, ...],
                   fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -190,18 +186,3 @@ class DenoisedSmoothing(Smooth):
         if key not in self._prepared_fns:
             self._prepared_fns[key] = self.acceleration.prepare(fn or key, modules)
         return self._prepared_fns[key]
-
-    def score_draws(self, x: torch.Tensor, label: int | None, num: int, seed: int = 0,
-                    classifier: torch.nn.Module | None = None) -> DrawScores:
-        """Denoise `num` draws of x + δ and score each. A draw is hallucinated when its top-1 class
-        differs from `label` (or, with no label, from the majority vote of the draws)."""
-        classifier = classifier or self.classifier
-        gen = self.generator(x, seed)
-        with torch.inference_mode(), self.acceleration.autocast(x.device):
-            noisy = torch.randn((num, *x.shape), generator=gen, device=x.device).mul_(self.sigma).add_(x)
-            denoised = torch.cat([self.denoise(b) for b in noisy.split(self.batch_size)])
-            probs = torch.cat([classifier(b).float().softmax(1) for b in denoised.split(self.batch_size)])
-        confidence, top1 = probs.max(1)
-        if label is None:
-            label = int(torch.bincount(top1, minlength=probs.shape[1]).argmax())
-        return DrawScores(noisy, denoised, probs, top1, confidence, top1 != label, label)

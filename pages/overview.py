@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
+from cadis_core.hallucination import score_draws
 from cadis_core.ui_support import is_custom, to_uint8
 from pages._common import bundle, errors_shown, route_through_app
 
@@ -40,7 +41,7 @@ c1.button("Another image", on_click=_another, key="ov_next")
 with errors_shown():
     x, label = b.dataset[index]
     smooth = b.smoothing(sigma)
-    draws = smooth.score_draws(x, label, 1, seed=index)
+    [draws] = score_draws(smooth, x, label, 1, seed=index)
     pred, conf = int(draws.top1[0]), float(draws.confidence[0])
     kept = not bool(draws.hallucinated[0])
     cols = c2.columns(4)

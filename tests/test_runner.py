@@ -170,12 +170,14 @@ def test_bf16_precision_is_recorded_and_bad_radii_are_refused(tiny_denoiser_dir,
 
 
 def test_shared_draw_certification_equals_separate_runs_and_resumes_per_file(tiny_denoiser_dir, tmp_path):
+    from dataclasses import replace
+
     import torch
 
     from cadis_core.classifier import ImageClassifier
     from cadis_core.data import load_dataset
     from cadis_core.denoiser import DiffusionDenoiser
-    from cadis_core.runner import certify_classifiers, certify_dataset
+    from cadis_core.runner import CertifyConfig, certify_classifiers, certify_dataset
     from cadis_core.smoothing import DenoisedSmoothing
 
     from conftest import make_tiny_vit
@@ -190,14 +192,15 @@ def test_shared_draw_certification_equals_separate_runs_and_resumes_per_file(tin
         classifiers.append(ImageClassifier(vit.eval(), (1, 28, 28), (0.5,), (0.5,)))
     test = load_dataset("fashion-mnist", "test")
     smooth = DenoisedSmoothing(denoiser, classifiers[0], 0.25, batch_size=24)
-    indices, args = list(range(6)), dict(n0=8, n=40, alpha=0.01, seed=3)
-    outs = [(tmp_path / f"shared{k}.tsv", {"classifier": k}) for k in range(2)]
-    certify_classifiers(smooth, classifiers, test, outs, indices, **args)
+    config = CertifyConfig(denoiser="tiny", classifier="", dataset="fashion-mnist", sigma=0.25, n0=8, n=40,
+                           alpha=0.01, seed=3, max_index=6)
+    outs = [(tmp_path / f"shared{k}.tsv", replace(config, classifier=str(k))) for k in range(2)]
+    certify_classifiers(smooth, classifiers, test, outs)
     cols = ["idx", "label", "predict", "radius", "count_a", "n", "p_a_lower"]
     shared = [_rows(out)[cols] for out, _ in outs]
     for k, clf in enumerate(classifiers):
         alone = tmp_path / f"alone{k}.tsv"
-        certify_dataset(DenoisedSmoothing(denoiser, clf, 0.25, batch_size=24), test, alone, {}, indices, **args)
+        certify_dataset(DenoisedSmoothing(denoiser, clf, 0.25, batch_size=24), test, alone, config)
         pd.testing.assert_frame_equal(shared[k], _rows(alone)[cols])
     assert not shared[0][["predict", "count_a"]].equals(shared[1][["predict", "count_a"]])
     # An interrupted run: one file lost its last row; re-running completes only that file.
@@ -207,7 +210,7 @@ def test_shared_draw_certification_equals_separate_runs_and_resumes_per_file(tin
     calls = [0, 0]  # head k's forward passes: only the head whose file lacks a row runs
     hooks = [c.register_forward_hook(lambda *_, k=k: calls.__setitem__(k, calls[k] + 1))
              for k, c in enumerate(classifiers)]
-    certify_classifiers(smooth, classifiers, test, outs, indices, **args)
+    certify_classifiers(smooth, classifiers, test, outs)
     for h in hooks:
         h.remove()
     pd.testing.assert_frame_equal(_rows(first)[cols], shared[0])

@@ -25,6 +25,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import load_dataset
 from ..denoiser import DiffusionDenoiser, timestep_for_sigma
 from ..errors import CadisError
+from ..seeds import derive_seed
 from .architectures import fmnist_scheduler, fmnist_unet, fmnist_vit
 
 
@@ -110,7 +111,7 @@ def _train_loop(cfg: TrainConfig, model: torch.nn.Module, step_fn: Callable[[int
         with log_path.open("a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "elapsed_s"])
             for step in bar:
-                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+                gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step))
                 loss = step_fn(step, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
