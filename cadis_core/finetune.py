@@ -39,7 +39,7 @@ from .data import ImageDataset
 from .errors import CadisError
 from .lora import SAVE_FORMATS, apply_lora, base_model, enable_full_finetuning, save_classifier, trainable_parameters
 from .objective import METHODS, FTCadisLoss, check_method, draw_noise
-from .zoo.training import batch_indices, warmup_cosine
+from .schedules import batch_indices, warmup_cosine
 
 STEP_FIELDS = ["loss", "loss_sce", "loss_madv", "selection_rate", "mask_rate", "acc_denoised", "warm_start_rate"]
 CSV_FIELDS = ["kind", "step", *STEP_FIELDS, "lr", "images_per_s", "test_acc_denoised", "elapsed_s"]
