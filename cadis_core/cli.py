@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from .errors import CadisError
@@ -148,12 +147,14 @@ def _run_certify(args: argparse.Namespace) -> None:
         assert len(shard) == 2
     except (ValueError, AssertionError):
         raise CadisError(f"--shard must look like I/K, e.g. 0/4 (got {args.shard!r}).") from None
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    from .distributed import barrier, launched, process_group
+
+    rank, world, local_rank = launched()
     if world > 1:  # under torchrun each rank takes its shard; rank 0 merges at the end
-        shard = (int(os.environ["RANK"]), world)
+        shard = (rank, world)
         args.shard = f"{shard[0]}/{shard[1]}"
         if args.device.startswith("cuda"):
-            args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+            args.device = f"cuda:{local_rank}"
     dataset = load_dataset(dataset_name, args.split, args.data_root, args.download)
     indices = select_indices(len(dataset), args.skip, args.max, shard)
     if preset and not args.denoiser and not args.classifier:
@@ -187,13 +188,10 @@ def _run_certify(args: argparse.Namespace) -> None:
     certify_dataset(smooth, dataset, out, config, indices, n0, n, args.alpha, args.seed, args.fresh, args.device,
                     certify)
     if world > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group("gloo")  # only to wait for every shard before merging
-        dist.barrier()
-        if shard[0] == 0:
-            out = merge_shards(Path(args.out), world)
-        dist.destroy_process_group()
+        with process_group(cpu_only=True):  # only to wait for every shard before merging
+            barrier()
+            if shard[0] == 0:
+                out = merge_shards(Path(args.out), world)
     print(f"wrote {out}")
 
 

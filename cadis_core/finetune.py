@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import inspect
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -28,14 +26,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .acceleration import PRECISIONS, Acceleration
 from .checkpoint import load_checkpoint, save_checkpoint, weights_digest
 from .classifier import ImageClassifier
 from .data import ImageDataset
+from .distributed import (
+    all_reduce_mean,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    launched,
+    local_share,
+    process_group,
+    unwrap,
+    world,
+    wrap_distributed,
+)
 from .errors import CadisError
 from .lora import SAVE_FORMATS, apply_lora, base_model, enable_full_finetuning, save_classifier, trainable_parameters
 from .objective import METHODS, FTCadisLoss, check_method, draw_noise
@@ -124,46 +132,6 @@ def make_optimizer(config: FinetuneConfig, classifier: ImageClassifier) -> torch
     return opt
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size) of the current process group, (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def local_share(t: torch.Tensor) -> torch.Tensor:
-    """This rank's contiguous share of a global batch (equal shares, so mean-of-means is the mean)."""
-    rank, size = world()
-    if t.shape[0] % size:
-        raise CadisError(f"batch size {t.shape[0]} must be a multiple of the number of processes ({size}).")
-    share = t.shape[0] // size
-    return t[rank * share:(rank + 1) * share]
-
-
-def wrap_distributed(classifier: ImageClassifier, device: torch.device) -> torch.nn.Module:
-    """DDP around the classifier when several processes run, else the classifier itself.
-
-    Buffers (the normalisation mean/std) are constant, so they are not re-broadcast: ranks may then
-    run different numbers of forward passes (L_MAdv only attacks images whose draws are all correct).
-    """
-    if world()[1] == 1:
-        return classifier
-    ids = [device.index] if device.type == "cuda" else None
-    # torch >= 2.14 renamed the flag; syncing once at init is harmless for identical constants
-    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-    no_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
-    return DistributedDataParallel(classifier, device_ids=ids, **no_sync)
-
-
-def _all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    size = world()[1]
-    if size == 1:
-        return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return dict(zip(values, (t / size).tolist()))
-
-
 def _device_of(module: torch.nn.Module) -> torch.device:
     tensor = next(iter(module.buffers()), None)
     if tensor is None:
@@ -177,15 +145,14 @@ def batch_loss(loss_fn: FTCadisLoss, model: torch.nn.Module, denoiser: torch.nn.
     device = _device_of(denoiser)
     x, y, noise = (local_share(t).to(device) for t in (x, y, noise))
     loss, metrics = loss_fn(model, denoiser, x, y, noise)
-    return loss, _all_reduce_mean(metrics, device)
+    return loss, all_reduce_mean(metrics, device)
 
 
 @torch.no_grad()
 def evaluate_denoised(classifier: torch.nn.Module, denoiser: torch.nn.Module, test_set: ImageDataset,
                       sigma: float, size: int, batch_size: int, seed: int) -> float:
     """Accuracy of classifier(denoiser(x + σε)) on the first `size` test images, one fixed draw each."""
-    if isinstance(classifier, DistributedDataParallel):
-        classifier = classifier.module
+    classifier = unwrap(classifier)
     size = min(size, len(test_set))
     x, y = test_set.images[:size], test_set.labels[:size]
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + 999_983))
@@ -200,9 +167,7 @@ def evaluate_denoised(classifier: torch.nn.Module, denoiser: torch.nn.Module, te
         pred = classifier(denoiser(xb + sigma * noise[sl].to(device), sigma)).argmax(-1)
         correct += (pred.cpu() == y[sl]).sum().item()
     classifier.train(was_training)
-    if n_proc > 1:
-        dist.all_reduce(correct)
-    return correct.item() / max(size, 1)
+    return all_reduce_sum(correct).item() / max(size, 1)
 
 
 class _TrainedState(torch.nn.Module):
@@ -257,26 +222,6 @@ class _MetricsLog:
 # ---------------------------------------------------------------- the loop
 
 
-def _setup_distributed() -> tuple[bool, torch.device | None]:
-    """Join the process group torchrun describes (nccl with one GPU per process, else gloo on CPU);
-    returns (whether we created the group, this process's GPU or None)."""
-    device = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    created = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if device is not None:
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
-        created = True
-    if world()[1] > 1 and dist.get_backend() == "nccl" and device is None:
-        device = torch.device("cuda", dist.get_rank() % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    return created, device if world()[1] > 1 else None
-
-
 def _compared(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in _NOT_COMPARED}
 
@@ -315,12 +260,8 @@ def finetune(config: FinetuneConfig, denoiser: torch.nn.Module, classifier: Imag
     """
     cfg = copy.deepcopy(config)
     cfg.validate()
-    created_group, ddp_device = _setup_distributed()
-    try:
+    with process_group() as ddp_device:
         return _finetune(cfg, denoiser, classifier, train_set, test_set, callback, stop_event, ddp_device)
-    finally:
-        if created_group:
-            dist.destroy_process_group()
 
 
 def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageClassifier,
@@ -419,14 +360,11 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc_denoised']:.2f}")
         if (eval_every and done % eval_every == 0) or done == steps:
             evaluate(done)
-        stop = torch.tensor(float(stop_event is not None and stop_event.is_set()), device=device)
-        if n_proc > 1:
-            dist.all_reduce(stop, op=dist.ReduceOp.MAX)  # every rank stops after the same step
-        if stop.item() and done < steps:
+        # every rank stops after the same step
+        if any_rank(stop_event is not None and stop_event.is_set(), device) and done < steps:
             path = checkpoint(done)
             bar.close()
-            if n_proc > 1:
-                dist.barrier()
+            barrier()
             emit({"kind": "stopped", "step": done, "path": str(path)})
             return path
         if time.time() - last_ckpt > 60 * cfg.checkpoint_minutes:
@@ -441,8 +379,7 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
     if main:
         save_classifier(clf, path, cfg.save_as)
         (path / "finetune.json").write_text(json.dumps(meta, indent=2))
-    if n_proc > 1:
-        dist.barrier()
+    barrier()
     emit({"kind": "done", "step": steps, "path": str(path)})
     return path
 
@@ -503,7 +440,8 @@ def run_cli(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
+    rank, _, local_rank = launched()
+    device = args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if args.denoiser or args.classifier:
         if args.preset or not (args.denoiser and args.classifier):
             raise CadisError("Give either --preset or both --denoiser and --classifier.")
@@ -531,5 +469,5 @@ def run_cli(args: argparse.Namespace) -> None:
     config.validate()
     train, test = load_dataset(dataset, "train"), load_dataset(dataset, "test")
     path = finetune(config, denoiser, classifier, train, test)
-    if int(os.environ.get("RANK", "0")) == 0:  # the process group is gone by now
+    if rank == 0:  # only the main process reports
         print(f"saved {path}")

@@ -18,6 +18,7 @@ from cadis_core.checkpoint import weights_digest
 from cadis_core.classifier import load_classifier
 from cadis_core.data import ImageDataset, load_dataset
 from cadis_core.denoiser import DiffusionDenoiser
+from cadis_core.distributed import wrap_distributed
 from cadis_core.errors import CadisError
 from cadis_core.finetune import (
     FinetuneConfig,
@@ -26,7 +27,6 @@ from cadis_core.finetune import (
     finetune,
     prepare_classifier,
     run_cli,
-    wrap_distributed,
 )
 from cadis_core.lora import apply_lora, save_classifier, trainable_parameters
 from cadis_core.objective import FTCadisLoss, correct_draws, denoise_draws, draw_noise
