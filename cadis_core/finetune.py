@@ -10,14 +10,15 @@ batch and DistributedDataParallel averages the gradients, so the update equals t
 update on the whole batch. Rank 0 writes the files. For example, on 2 GPUs (or 2 CPU processes):
 
     torchrun --nproc-per-node 2 -m cadis_core finetune --preset fashion-mnist --batch-size 64
+
+The run's directory (config, metrics, checkpoints, the saved model) is `cadis_core.run_dir`; process
+groups are `cadis_core.distributed`.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .acceleration import PRECISIONS, Acceleration
-from .checkpoint import load_checkpoint, save_checkpoint, weights_digest
+from .checkpoint import weights_digest
 from .classifier import ImageClassifier
 from .data import ImageDataset
 from .distributed import (
@@ -45,13 +46,10 @@ from .distributed import (
     wrap_distributed,
 )
 from .errors import CadisError
-from .lora import SAVE_FORMATS, apply_lora, base_model, enable_full_finetuning, save_classifier, trainable_parameters
+from .lora import SAVE_FORMATS, apply_lora, base_model, enable_full_finetuning, trainable_parameters
 from .objective import METHODS, FTCadisLoss, check_method, draw_noise
+from .run_dir import RunDir
 from .schedules import batch_indices, warmup_cosine
-
-STEP_FIELDS = ["loss", "loss_sce", "loss_madv", "selection_rate", "mask_rate", "acc_denoised", "warm_start_rate"]
-CSV_FIELDS = ["kind", "step", *STEP_FIELDS, "lr", "images_per_s", "test_acc_denoised", "elapsed_s"]
-_NOT_COMPARED = {"out", "checkpoint_minutes", "compile"}  # may change between a run and its resumption
 
 
 @dataclass
@@ -104,6 +102,16 @@ class FinetuneConfig:
     def loss(self) -> FTCadisLoss:
         return FTCadisLoss(self.method, self.sigma, self.num_draws, self.lam, self.eps, self.adv_steps,
                            self.warm_start, self.detach_target)
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """How a run ended: finished, with the model saved in `path` (out/model), or stopped early by the
+    stop event, with its state in `path` (out/checkpoint); `step` is the last step taken."""
+
+    path: Path
+    stopped: bool
+    step: int
 
 
 # ---------------------------------------------------------------- pieces shared by the loop and its tests
@@ -170,89 +178,22 @@ def evaluate_denoised(classifier: torch.nn.Module, denoiser: torch.nn.Module, te
     return all_reduce_sum(correct).item() / max(size, 1)
 
 
-class _TrainedState(torch.nn.Module):
-    """Shows save/load_checkpoint only the trained tensors (and buffers), so LoRA checkpoints stay small."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        object.__setattr__(self, "target", model)  # not a submodule: its own state_dict stays hidden
-
-    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        full = self.target.state_dict()
-        trained = {n for n, p in self.target.named_parameters() if p.requires_grad}
-        trained |= {n for n, _ in self.target.named_buffers()} & set(full)
-        return {n: full[n] for n in sorted(trained)}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
-        expected = set(self.state_dict())
-        if set(state) != expected:
-            raise RuntimeError(f"checkpoint holds {len(state)} tensors, this model trains {len(expected)}")
-        return self.target.load_state_dict(state, strict=False)
-
-
-# ---------------------------------------------------------------- metrics files
-
-
-class _MetricsLog:
-    """metrics.jsonl and metrics.csv under `out`; on resume, rows after the resumed step are dropped."""
-
-    def __init__(self, out: Path, start: int, enabled: bool):
-        self.enabled = enabled
-        self.jsonl, self.csv = out / "metrics.jsonl", out / "metrics.csv"
-        if not enabled:
-            return
-        rows = []
-        if self.jsonl.exists() and start > 0:  # a fresh start (no checkpoint) keeps nothing
-            rows = [r for r in map(json.loads, self.jsonl.read_text().splitlines()) if r["step"] <= start]
-        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        with self.csv.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-
-    def write(self, event: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.jsonl.open("a") as f:
-            f.write(json.dumps(event) + "\n")
-        with self.csv.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore").writerow(event)
+def _training_indices(cfg: FinetuneConfig, n: int) -> torch.Tensor:
+    """The training images the run draws its batches from: all, or a seeded random subset."""
+    if cfg.subset is None:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:cfg.subset]
 
 
 # ---------------------------------------------------------------- the loop
 
 
-def _compared(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in _NOT_COMPARED}
-
-
-def _check_out_dir(out: Path, meta: dict[str, Any], state: dict[str, Any] | None) -> None:
-    """A run may only resume into an out dir holding the same configuration."""
-    saved = []
-    if (out / "config.json").exists():
-        saved.append(json.loads((out / "config.json").read_text()))
-    if state is not None:
-        saved.append({"config": state["config"], "classifier": state.get("classifier", meta["classifier"]),
-                      "base_weights": state.get("base_weights", meta["base_weights"])})
-    for old in saved:
-        if _compared(old["config"]) != _compared(meta["config"]) or old.get("classifier") != meta["classifier"]:
-            diff = sorted(k for k in meta["config"] if k not in _NOT_COMPARED
-                          and old["config"].get(k) != meta["config"][k])
-            raise CadisError(f"{out} holds a fine-tuning run with another configuration "
-                             f"(differs in: {', '.join(diff) or 'classifier'}); use another --out or delete it.")
-        # Same spec, other weights (a retrained classifier): resuming would mix two bases. Runs from
-        # before the digest was recorded have none and are not checked.
-        if old.get("base_weights", meta["base_weights"]) != meta["base_weights"]:
-            raise CadisError(f"{out} holds a fine-tuning run of other weights under the classifier spec "
-                             f"{meta['classifier']!r} (it was retrained since); use another --out or delete it.")
-
-
 def finetune(config: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageClassifier,
              train_set: ImageDataset, test_set: ImageDataset | None = None,
              callback: Callable[[dict[str, Any]], None] | None = None,
-             stop_event: threading.Event | None = None) -> Path:
-    """Fine-tune a copy of `classifier` behind the frozen `denoiser`; returns the saved model directory
-    (out/model), or the checkpoint directory when `stop_event` stopped the run early.
+             stop_event: threading.Event | None = None) -> FinetuneResult:
+    """Fine-tune a copy of `classifier` behind the frozen `denoiser`; returns where the run ended: the
+    saved model directory (out/model), or the checkpoint directory when `stop_event` stopped it early.
 
     `callback` receives {"kind": "step", ...metrics, "lr", "images_per_s"} after every step,
     {"kind": "eval", "step", "test_acc_denoised"} after every evaluation, and finally
@@ -267,10 +208,10 @@ def finetune(config: FinetuneConfig, denoiser: torch.nn.Module, classifier: Imag
 def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageClassifier,
               train_set: ImageDataset, test_set: ImageDataset | None,
               callback: Callable[[dict[str, Any]], None] | None, stop_event: threading.Event | None,
-              ddp_device: torch.device | None) -> Path:
+              ddp_device: torch.device | None) -> FinetuneResult:
+    # ---- set-up: models, optimizer, data
     rank, n_proc = world()
     main = rank == 0
-    out = Path(cfg.out)
     if cfg.batch_size % n_proc:
         raise CadisError(f"batch_size {cfg.batch_size} must be a multiple of the number of processes ({n_proc}).")
     device = ddp_device or _device_of(classifier)
@@ -281,50 +222,38 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
         clf.compile()  # in place: parameter names, and so checkpoints and adapters, are unchanged
     model = wrap_distributed(clf, device)
     autocast = Acceleration(cfg.precision).autocast
-    n_trained, n_total = trainable_parameters(clf)
     opt = make_optimizer(cfg, clf)
-    trained = _TrainedState(clf)
-
-    meta = {"config": asdict(cfg), "classifier": clf.spec, "base_weights": base_weights,
-            "trainable_params": n_trained, "total_params": n_total,
-            "trainable_fraction": n_trained / n_total, "processes": n_proc}
-    _check_out_dir(out, meta, None)  # before loading, so a changed setup is reported as such
-    state = load_checkpoint(out / "checkpoint", {"trained": trained}, opt)
-    _check_out_dir(out, meta, state)
-    start, elapsed = (state["step"], state["elapsed_s"]) if state else (0, 0.0)
-    # Resuming, the optimizer's groups carry their initial_lr and the schedule restarts at `start`.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.warmup, max(cfg.steps, 1),
-                                                                            cfg.min_lr / cfg.lr),
-                                              last_epoch=start - 1)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(meta, indent=2))
-        print(f"trainable parameters: {n_trained:,} of {n_total:,} ({100 * n_trained / n_total:.2f}%)"
-              f"{' with LoRA' if cfg.lora else ''}; {'resuming at step ' + str(start) if start else 'starting'}")
-    log = _MetricsLog(out, start, main)
-
-    def emit(event: dict[str, Any]) -> None:
-        if main:
-            if event["kind"] in ("step", "eval"):
-                log.write({**event, "elapsed_s": round(elapsed + time.time() - t0, 2)})
-            if callback is not None:
-                callback(event)
-
-    def checkpoint(step: int) -> Path:
-        if main:
-            save_checkpoint(out / "checkpoint", {"trained": trained}, opt,
-                            {"step": step, "elapsed_s": elapsed + time.time() - t0, "config": asdict(cfg),
-                             "classifier": clf.spec, "base_weights": base_weights})
-        return out / "checkpoint"
-
-    train_idx = torch.arange(len(train_set))
-    if cfg.subset is not None:
-        train_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.subset]
+    n_trained, n_total = trainable_parameters(clf)
+    run = RunDir(cfg.out, {"config": asdict(cfg), "classifier": clf.spec, "base_weights": base_weights,
+                           "trainable_params": n_trained, "total_params": n_total,
+                           "trainable_fraction": n_trained / n_total, "processes": n_proc}, main)
+    train_idx = _training_indices(cfg, len(train_set))
     if len(train_idx) < cfg.batch_size:
         raise CadisError(f"{len(train_idx)} training images cannot fill a batch of {cfg.batch_size}.")
     steps = 0 if cfg.method == "none" else cfg.steps
     eval_every = len(train_idx) // cfg.batch_size if cfg.eval_every is None else cfg.eval_every
     loss_fn = cfg.loss() if steps else None
+
+    # ---- resume (or start) from the run directory
+    start, elapsed = run.resume(clf, opt)
+    # Resuming, the optimizer's groups carry their initial_lr and the schedule restarts at `start`.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.warmup, max(cfg.steps, 1),
+                                                                            cfg.min_lr / cfg.lr),
+                                              last_epoch=start - 1)
+    run.start(start)
+    if main:
+        print(f"trainable parameters: {n_trained:,} of {n_total:,} ({100 * n_trained / n_total:.2f}%)"
+              f"{' with LoRA' if cfg.lora else ''}; {'resuming at step ' + str(start) if start else 'starting'}")
+
+    def emit(event: dict[str, Any]) -> None:
+        if main:
+            if event["kind"] in ("step", "eval"):
+                run.write_metrics({**event, "elapsed_s": round(elapsed + time.time() - t0, 2)})
+            if callback is not None:
+                callback(event)
+
+    def checkpoint(step: int) -> Path:
+        return run.save_checkpoint(clf, opt, step, elapsed + time.time() - t0)
 
     def evaluate(step: int) -> None:
         if test_set is None or cfg.eval_size <= 0:
@@ -332,6 +261,7 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
         acc = evaluate_denoised(model, denoiser, test_set, cfg.sigma, cfg.eval_size, cfg.batch_size, cfg.seed)
         emit({"kind": "eval", "step": step, "test_acc_denoised": acc})
 
+    # ---- the loop
     t0 = last_ckpt = time.time()
     model.train()
     trainable = [p for p in clf.parameters() if p.requires_grad]
@@ -366,7 +296,7 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
             bar.close()
             barrier()
             emit({"kind": "stopped", "step": done, "path": str(path)})
-            return path
+            return FinetuneResult(path, stopped=True, step=done)
         if time.time() - last_ckpt > 60 * cfg.checkpoint_minutes:
             checkpoint(done)
             last_ckpt = time.time()
@@ -375,13 +305,10 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
         evaluate(0)
     if start < steps:
         checkpoint(steps)
-    path = out / "model"
-    if main:
-        save_classifier(clf, path, cfg.save_as)
-        (path / "finetune.json").write_text(json.dumps(meta, indent=2))
+    path = run.save_model(clf, cfg.save_as)
     barrier()
     emit({"kind": "done", "step": steps, "path": str(path)})
-    return path
+    return FinetuneResult(path, stopped=False, step=steps)
 
 
 # ---------------------------------------------------------------- command line
@@ -468,6 +395,6 @@ def run_cli(args: argparse.Namespace) -> None:
     config = FinetuneConfig(**values)
     config.validate()
     train, test = load_dataset(dataset, "train"), load_dataset(dataset, "test")
-    path = finetune(config, denoiser, classifier, train, test)
+    result = finetune(config, denoiser, classifier, train, test)
     if rank == 0:  # only the main process reports
-        print(f"saved {path}")
+        print(f"saved {result.path}")
