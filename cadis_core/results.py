@@ -100,7 +100,7 @@ def run_finetuning(methods=METHODS, sigmas=SIGMAS, steps: int | None = None, run
             if method == "none" or (target / "cadis_adapter.json").exists():
                 continue
             model_dir = finetune(finetune_config(method, sigma, steps, runs, compile), denoiser, classifier,
-                                 train, test)
+                                 train, test).path
             shutil.copytree(model_dir, target, dirs_exist_ok=True)
             shutil.copy(Path(model_dir).parent / "metrics.csv", target / "metrics.csv")
 

@@ -418,9 +418,9 @@ class FinetuneJob:
         from .finetune import finetune
 
         try:
-            self.path = finetune(self.config, *self._args[:3], self._args[3], callback=self._event,
-                                 stop_event=self.stop_event)
-            self.status = "stopped" if self.stop_event.is_set() and self.path.name != "model" else "done"
+            result = finetune(self.config, *self._args[:3], self._args[3], callback=self._event,
+                              stop_event=self.stop_event)
+            self.path, self.status = result.path, "stopped" if result.stopped else "done"
         except CadisError as e:
             self.status, self.error = "failed", str(e)
         except Exception as e:  # the UI shows one line; the traceback goes to the server log

@@ -16,18 +16,13 @@ from safetensors.torch import load_file, save_file
 
 from cadis_core.checkpoint import weights_digest
 from cadis_core.classifier import load_classifier
+from cadis_core.cli import _finetune_parser as add_cli
+from cadis_core.cli import _run_finetune as run_cli
 from cadis_core.data import ImageDataset, load_dataset
 from cadis_core.denoiser import DiffusionDenoiser
+from cadis_core.distributed import wrap_distributed
 from cadis_core.errors import CadisError
-from cadis_core.finetune import (
-    FinetuneConfig,
-    add_cli,
-    batch_loss,
-    finetune,
-    prepare_classifier,
-    run_cli,
-    wrap_distributed,
-)
+from cadis_core.finetune import FinetuneConfig, batch_loss, finetune, prepare_classifier
 from cadis_core.lora import apply_lora, save_classifier, trainable_parameters
 from cadis_core.objective import FTCadisLoss, correct_draws, denoise_draws, draw_noise
 
@@ -113,7 +108,7 @@ def config(out, **kw) -> FinetuneConfig:
 
 def run(cfg, models, data, **kw):
     events = []
-    path = finetune(cfg, *models, *data, callback=events.append, **kw)
+    path = finetune(cfg, *models, *data, callback=events.append, **kw).path
     return path, events
 
 
@@ -168,7 +163,9 @@ def test_resume_matches_an_uninterrupted_run(uninterrupted, models, data, tmp_pa
         if event["kind"] == "step" and event["step"] == 10:
             stop.set()
 
-    stopped = finetune(resumed_cfg, *models, *data, callback=stop_at_10, stop_event=stop)
+    result = finetune(resumed_cfg, *models, *data, callback=stop_at_10, stop_event=stop)
+    assert result.stopped and result.step == 10
+    stopped = result.path
     assert first_events[-1] == {"kind": "stopped", "step": 10, "path": str(stopped)}
     assert json.loads((stopped / "state.json").read_text())["step"] == 10
     # a crash after step 12 logged rows the resumed run must replace
@@ -282,7 +279,7 @@ def test_ddp_two_processes_match_one(models, data, tmp_path, tiny_denoiser_dir, 
         for k in want:
             torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-6)
     # the two-process training run agrees with a one-process one
-    single = finetune(cfg, *models, *data).parent
+    single = finetune(cfg, *models, *data).path.parent
     rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
             for d in (tmp_path / "ddp", single)]
     assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [1, 2, 3, 3]

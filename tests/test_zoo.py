@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
+from cadis_core.schedules import batch_indices, warmup_cosine
 from cadis_core.zoo.architectures import count_flops, fmnist_unet, fmnist_vit
-from cadis_core.zoo.training import ClassifierTrainConfig, batch_indices, train_classifier, warmup_cosine
+from cadis_core.zoo.training import ClassifierTrainConfig, train_classifier
 
 
 def _cfg(tmp_path, name):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import load_dataset
 from ..denoiser import DiffusionDenoiser, timestep_for_sigma
 from ..errors import CadisError
+from ..schedules import batch_indices, warmup_cosine
 from ..seeds import derive_seed
 from .architectures import fmnist_scheduler, fmnist_unet, fmnist_vit
 
@@ -56,21 +56,6 @@ class DenoiserTrainConfig(TrainConfig):
 @dataclass
 class ClassifierTrainConfig(TrainConfig):
     label_smoothing: float = 0.1
-
-
-def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.0) -> float:
-    """The learning-rate multiplier: linear warmup, then cosine decay to `floor`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
-    """The indices of batch `step` in a per-epoch seeded permutation (resumable data order)."""
-    per_epoch = n // batch_size
-    epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return perm[k * batch_size:(k + 1) * batch_size]
 
 
 def _train_loop(cfg: TrainConfig, model: torch.nn.Module, step_fn: Callable[[int, torch.Generator], torch.Tensor],
