@@ -125,10 +125,10 @@ def _run_certify(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from .adaptive import FIRST_LOOK, RULE, certify_adaptive, default_tolerance
-    from .classifier import load_classifier
     from .data import load_dataset
     from .denoiser import DiffusionDenoiser
-    from .presets import get_preset
+    from .loading import load_classifier
+    from .presets import SEARCH_ROOTS, get_preset
     from .runner import certify_dataset, merge_shards, select_indices, shard_path
     from .smoothing import DenoisedSmoothing, check_parameters
 
@@ -164,7 +164,7 @@ def _run_certify(args: argparse.Namespace) -> None:
         raise CadisError(f"--radii must be comma-separated numbers, e.g. 0.25,0.5 (got {args.radii!r}).") from None
     acceleration = _acceleration(args)
     denoiser = DiffusionDenoiser.from_pretrained(denoiser_spec, args.device)
-    classifier = load_classifier(classifier_spec, args.device)
+    classifier = load_classifier(classifier_spec, args.device, SEARCH_ROOTS)
     kwargs = {"steps": args.steps, "sampler": args.sampler} if args.mode == "multistep" else {}
     smooth = DenoisedSmoothing(denoiser, classifier, sigma, batch_size or 1, args.mode, acceleration, **kwargs)
     if batch_size is None:

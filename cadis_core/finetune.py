@@ -37,8 +37,10 @@ from .checkpoint import load_checkpoint, save_checkpoint, weights_digest
 from .classifier import ImageClassifier
 from .data import ImageDataset
 from .errors import CadisError
-from .lora import SAVE_FORMATS, apply_lora, base_model, enable_full_finetuning, save_classifier, trainable_parameters
+from .loading import SAVE_FORMATS, load_classifier, save_classifier
+from .lora import apply_lora, base_model, enable_full_finetuning, trainable_parameters
 from .objective import METHODS, FTCadisLoss, check_method, draw_noise
+from .presets import PROJECT_ROOT, SEARCH_ROOTS, get_preset
 from .zoo.training import batch_indices, warmup_cosine
 
 STEP_FIELDS = ["loss", "loss_sce", "loss_madv", "selection_rate", "mask_rate", "acc_denoised", "warm_start_rate"]
@@ -439,7 +441,7 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
         checkpoint(steps)
     path = out / "model"
     if main:
-        save_classifier(clf, path, cfg.save_as)
+        save_classifier(clf, path, cfg.save_as, PROJECT_ROOT)
         (path / "finetune.json").write_text(json.dumps(meta, indent=2))
     if n_proc > 1:
         dist.barrier()
@@ -496,10 +498,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def run_cli(args: argparse.Namespace) -> None:
     """Load the models and data the arguments name, fine-tune, and print where the model went."""
-    from .classifier import load_classifier
     from .data import load_dataset
     from .denoiser import DiffusionDenoiser
-    from .presets import get_preset
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -508,7 +508,7 @@ def run_cli(args: argparse.Namespace) -> None:
         if args.preset or not (args.denoiser and args.classifier):
             raise CadisError("Give either --preset or both --denoiser and --classifier.")
         denoiser = DiffusionDenoiser.from_pretrained(args.denoiser, device)
-        classifier = load_classifier(args.classifier, device)
+        classifier = load_classifier(args.classifier, device, SEARCH_ROOTS)
         dataset, name, sigma = args.dataset, "custom", 0.25
     else:
         preset = get_preset(args.preset or "fashion-mnist")

@@ -25,13 +25,13 @@ from .analysis import (
     summary_markdown,
     summary_table,
 )
-from .classifier import load_classifier
 from .data import ASSETS, FASHION_MNIST_CLASSES, ImageDataset
 from .errors import CadisError
 from .evaluation import selection_rates
 from .finetune import FinetuneConfig, finetune
+from .loading import load_classifier
 from .objective import METHODS as OBJECTIVE_METHODS
-from .presets import get_preset
+from .presets import SEARCH_ROOTS, get_preset
 from .runner import certify_classifiers, select_indices
 from .smoothing import DenoisedSmoothing
 from .training_curves import comparison_figure
@@ -102,7 +102,7 @@ def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0:
         classifiers, outs = [], []
         for method in methods:
             spec = classifier_spec(method, sigma)
-            classifiers.append(load_classifier(spec))
+            classifiers.append(load_classifier(spec, search_roots=SEARCH_ROOTS))
             config = {"preset": preset.name, "denoiser": preset.denoiser, "classifier": spec,
                       "dataset": preset.dataset, "split": "test", "sigma": sigma, "n0": n0, "n": n, "alpha": alpha,
                       "seed": seed, "batch_size": batch_size, "mode": "one-shot", "skip": 1, "max": max_images,

@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from .acceleration import default_acceleration
-from .classifier import ImageClassifier, load_classifier
+from .classifier import ImageClassifier
 from .data import ASSETS, ImageDataset
 from .denoiser import DiffusionDenoiser
 from .errors import CadisError
-from .presets import PRESETS, Preset, get_preset
+from .loading import is_local, load_classifier, missing_directory
+from .presets import PRESETS, SEARCH_ROOTS, Preset, get_preset
 from .smoothing import ABSTAIN, Certificate, DenoisedSmoothing, check_parameters
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def model_source(preset: str | None = None, denoiser: str | None = None, classif
     clf = classifier or os.environ.get("CADIS_CLASSIFIER") or p.classifier
     if (den, clf) == (p.denoiser, p.classifier):
         return p
-    online = not all(Path(s.removeprefix("local-dir:")).is_dir() for s in (den, clf))
+    online = not all(is_local(s) for s in (den, clf))
     return replace(p, denoiser=den, classifier=clf, online=online,
                    description=f"{p.description} Models replaced: denoiser {den}, classifier {clf}.")
 
@@ -99,11 +100,10 @@ def load_bundle(p: Preset, device: str = "cpu") -> ModelBundle:
     """Load a preset's models and test split, with a CadisError that says what is missing."""
     if is_custom(p):
         for spec in (p.denoiser, p.classifier):
-            path = spec.removeprefix("local-dir:")
-            if path.startswith(("/", ".", "~")) and not Path(path).expanduser().is_dir():
+            if (path := missing_directory(spec)) is not None:
                 raise CadisError(f"Model directory {path} does not exist.")
         denoiser = DiffusionDenoiser.from_pretrained(p.denoiser, device)
-        classifier = load_classifier(p.classifier, device)
+        classifier = load_classifier(p.classifier, device, SEARCH_ROOTS)
     else:
         denoiser, classifier = p.load_models(device)
     dataset = p.load_dataset("test")
