@@ -128,16 +128,12 @@ def _run_certify(args: argparse.Namespace) -> None:
     from .data import load_dataset
     from .denoiser import DiffusionDenoiser
     from .loading import load_classifier
-    from .presets import SEARCH_ROOTS, get_preset
+    from .presets import SEARCH_ROOTS, resolve_models
     from .runner import certify_dataset, merge_shards, select_indices, shard_path
     from .smoothing import DenoisedSmoothing, check_parameters
 
-    preset = get_preset(args.preset) if args.preset else None
-    denoiser_spec = args.denoiser or (preset and preset.denoiser)
-    classifier_spec = args.classifier or (preset and preset.classifier)
-    dataset_name = args.dataset or (preset and preset.dataset)
-    if not (denoiser_spec and classifier_spec and dataset_name):
-        raise CadisError("Give --preset NAME, or all of --denoiser, --classifier and --dataset.")
+    preset = resolve_models(args.preset, args.denoiser, args.classifier, args.dataset)
+    denoiser_spec, classifier_spec, dataset_name = preset.denoiser, preset.classifier, preset.dataset
     sigma = args.sigma if args.sigma is not None else (preset.sigma if preset else 0.25)
     n0 = args.n0 if args.n0 is not None else (preset.n0 if preset else 100)
     n = args.n if args.n is not None else (preset.n if preset else 10000)
@@ -156,7 +152,7 @@ def _run_certify(args: argparse.Namespace) -> None:
             args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     dataset = load_dataset(dataset_name, args.split, args.data_root, args.download)
     indices = select_indices(len(dataset), args.skip, args.max, shard)
-    if preset and not args.denoiser and not args.classifier:
+    if not preset.custom:
         preset.check_available()
     try:
         radii = [float(r) for r in args.radii.split(",") if r.strip()]

@@ -37,10 +37,10 @@ from .checkpoint import load_checkpoint, save_checkpoint, weights_digest
 from .classifier import ImageClassifier
 from .data import ImageDataset
 from .errors import CadisError
-from .loading import SAVE_FORMATS, load_classifier, save_classifier
+from .loading import SAVE_FORMATS, save_classifier
 from .lora import apply_lora, base_model, enable_full_finetuning, trainable_parameters
 from .objective import METHODS, FTCadisLoss, check_method, draw_noise
-from .presets import PROJECT_ROOT, SEARCH_ROOTS, get_preset
+from .presets import PROJECT_ROOT, resolve_models
 from .zoo.training import batch_indices, warmup_cosine
 
 STEP_FIELDS = ["loss", "loss_sce", "loss_madv", "selection_rate", "mask_rate", "acc_denoised", "warm_start_rate"]
@@ -499,21 +499,17 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 def run_cli(args: argparse.Namespace) -> None:
     """Load the models and data the arguments name, fine-tune, and print where the model went."""
     from .data import load_dataset
-    from .denoiser import DiffusionDenoiser
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
-    if args.denoiser or args.classifier:
-        if args.preset or not (args.denoiser and args.classifier):
-            raise CadisError("Give either --preset or both --denoiser and --classifier.")
-        denoiser = DiffusionDenoiser.from_pretrained(args.denoiser, device)
-        classifier = load_classifier(args.classifier, device, SEARCH_ROOTS)
-        dataset, name, sigma = args.dataset, "custom", 0.25
-    else:
-        preset = get_preset(args.preset or "fashion-mnist")
-        denoiser, classifier = preset.load_models(device)
-        dataset, name, sigma = preset.dataset, preset.name, preset.sigma
+    named = bool(args.denoiser or args.classifier)
+    if named and (args.preset or not (args.denoiser and args.classifier)):
+        raise CadisError("Give either --preset or both --denoiser and --classifier.")
+    preset = resolve_models(None if named else args.preset or "fashion-mnist", args.denoiser, args.classifier,
+                            args.dataset if named else None)
+    denoiser, classifier = preset.load_models(device)
+    dataset, name, sigma = preset.dataset, preset.name, preset.sigma
     sigma = args.sigma if args.sigma is not None else sigma
     lora = not args.full
     values = dict(

@@ -1,9 +1,9 @@
-"""Named bundles of dataset, denoiser, classifier and default σ / N."""
+"""Named bundles of dataset, denoiser, classifier and default σ / N, and the models a run uses."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -12,7 +12,7 @@ from .classifier import ImageClassifier
 from .data import ASSETS, ImageDataset, load_dataset
 from .denoiser import DiffusionDenoiser
 from .errors import CadisError
-from .loading import ModelSpec, load_classifier, parse_spec
+from .loading import ModelSpec, is_local, load_classifier, parse_spec
 
 PROJECT_ROOT = ASSETS.parent
 MODELS = ASSETS / "models"
@@ -33,6 +33,7 @@ class Preset:
     batch_size: int
     online: bool
     description: str
+    custom: bool = False  # models named by the user: they load as given, without the preset's file checks
 
     def check_available(self) -> None:
         """Fail fast, with what to do, when the preset's files are not here."""
@@ -52,7 +53,8 @@ class Preset:
                                      "HF_HUB_OFFLINE=1. Go online once (unset HF_HUB_OFFLINE) to download it.") from e
 
     def load_models(self, device: str | torch.device = "cpu") -> tuple[DiffusionDenoiser, ImageClassifier]:
-        self.check_available()
+        if not self.custom:  # the loaders of named models say themselves what is missing
+            self.check_available()
         return (DiffusionDenoiser.from_pretrained(self.denoiser, device),
                 load_classifier(self.classifier, device, search_roots=SEARCH_ROOTS))
 
@@ -79,3 +81,24 @@ def get_preset(name: str) -> Preset:
         raise CadisError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.")
     return PRESETS[name]
 
+
+def resolve_models(preset: str | None, denoiser: str | None = None, classifier: str | None = None,
+                   dataset: str | None = None) -> Preset:
+    """The bundle a run uses: the named preset, unless the user named models (or a dataset), which replace its own.
+
+    Without a preset, denoiser, classifier and dataset must all be named; they make a "custom" bundle with the
+    command line's defaults. Replaced models make the bundle `custom`, online unless both are local directories."""
+    if preset is None:
+        if not (denoiser and classifier and dataset):
+            raise CadisError("Give --preset NAME, or all of --denoiser, --classifier and --dataset.")
+        return Preset("custom", dataset, denoiser, classifier, sigma=0.25, n0=100, n=10000, batch_size=256,
+                      online=not (is_local(denoiser) and is_local(classifier)), custom=True,
+                      description=f"Models named: denoiser {denoiser}, classifier {classifier}.")
+    p = get_preset(preset)
+    den, clf = denoiser or p.denoiser, classifier or p.classifier
+    if dataset and dataset != p.dataset:
+        p = replace(p, dataset=dataset)
+    if (den, clf) == (p.denoiser, p.classifier):
+        return p
+    return replace(p, denoiser=den, classifier=clf, online=not (is_local(den) and is_local(clf)), custom=True,
+                   description=f"{p.description} Models replaced: denoiser {den}, classifier {clf}.")
