@@ -83,7 +83,7 @@ def parse_spec(spec: str | os.PathLike | ModelSpec) -> ModelSpec:
     if source in ("hf", "hf-hub"):
         return ModelSpec(source, rest)
     if source == "local-dir" or Path(rest).is_dir() or os.sep in rest or rest.startswith((".", "~")):
-        return ModelSpec("adapter" if _is_adapter(Path(rest)) else source or "directory", rest)
+        return ModelSpec("adapter" if _is_adapter(Path(rest)) else (source or "directory"), rest)
     return ModelSpec("timm", rest)
 
 
@@ -105,8 +105,9 @@ def missing_directory(spec: str | os.PathLike | ModelSpec) -> str | None:
 
 def hub_offline() -> bool:
     """Whether the Hugging Face hub is switched off (HF_HUB_OFFLINE), so only cached models load."""
-    return bool(hub_constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON",
-                                                                                                  "YES", "TRUE"}
+    # the hub libraries read the variable once, at import; a later change is honoured in the messages too
+    env = os.environ.get("HF_HUB_OFFLINE", "").upper()
+    return bool(hub_constants.HF_HUB_OFFLINE) or env in {"1", "ON", "YES", "TRUE"}
 
 
 def _load_error(what: str, name: str, error: Exception, from_hub: bool, hint: str = "") -> CadisError:
