@@ -125,19 +125,15 @@ def _run_certify(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from .adaptive import AdaptiveSettings, default_tolerance
-    from .classifier import load_classifier
     from .data import load_dataset
     from .denoiser import DiffusionDenoiser
-    from .presets import get_preset
+    from .loading import load_classifier
+    from .presets import SEARCH_ROOTS, resolve_models
     from .runner import CertifyConfig, certify_dataset, check_selection, merge_shards, shard_path
     from .smoothing import DenoisedSmoothing, check_parameters
 
-    preset = get_preset(args.preset) if args.preset else None
-    denoiser_spec = args.denoiser or (preset and preset.denoiser)
-    classifier_spec = args.classifier or (preset and preset.classifier)
-    dataset_name = args.dataset or (preset and preset.dataset)
-    if not (denoiser_spec and classifier_spec and dataset_name):
-        raise CadisError("Give --preset NAME, or all of --denoiser, --classifier and --dataset.")
+    preset = resolve_models(args.preset, args.denoiser, args.classifier, args.dataset)
+    denoiser_spec, classifier_spec, dataset_name = preset.denoiser, preset.classifier, preset.dataset
     sigma = args.sigma if args.sigma is not None else (preset.sigma if preset else 0.25)
     n0 = args.n0 if args.n0 is not None else (preset.n0 if preset else 100)
     n = args.n if args.n is not None else (preset.n if preset else 10000)
@@ -158,7 +154,7 @@ def _run_certify(args: argparse.Namespace) -> None:
             args.device = f"cuda:{local_rank}"
     dataset = load_dataset(dataset_name, args.split, args.data_root, args.download)
     check_selection(args.skip, shard)  # before loading models
-    if preset and not args.denoiser and not args.classifier:
+    if not preset.custom:
         preset.check_available()
     try:
         radii = [float(r) for r in args.radii.split(",") if r.strip()]
@@ -166,7 +162,7 @@ def _run_certify(args: argparse.Namespace) -> None:
         raise CadisError(f"--radii must be comma-separated numbers, e.g. 0.25,0.5 (got {args.radii!r}).") from None
     acceleration = _acceleration(args)
     denoiser = DiffusionDenoiser.from_pretrained(denoiser_spec, args.device)
-    classifier = load_classifier(classifier_spec, args.device)
+    classifier = load_classifier(classifier_spec, args.device, SEARCH_ROOTS)
     kwargs = {"steps": args.steps, "sampler": args.sampler} if args.mode == "multistep" else {}
     smooth = DenoisedSmoothing(denoiser, classifier, sigma, batch_size or 1, args.mode, acceleration, **kwargs)
     if batch_size is None:
@@ -310,7 +306,7 @@ def _run_results(args: argparse.Namespace) -> None:
 def _finetune_parser(sub: argparse._SubParsersAction) -> None:
     from .acceleration import PRECISIONS
     from .finetune import FinetuneConfig
-    from .lora import SAVE_FORMATS
+    from .loading import SAVE_FORMATS
     from .objective import METHODS
 
     d = FinetuneConfig()
@@ -359,27 +355,22 @@ def _run_finetune(args: argparse.Namespace) -> None:
     """Load the models and data the arguments name, fine-tune, and print where the model went."""
     import torch
 
-    from .classifier import load_classifier
     from .data import load_dataset
-    from .denoiser import DiffusionDenoiser
     from .distributed import launched
     from .finetune import FinetuneConfig, finetune
-    from .presets import get_preset
+    from .presets import resolve_models
 
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, _, local_rank = launched()
     device = args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if args.denoiser or args.classifier:
-        if args.preset or not (args.denoiser and args.classifier):
-            raise CadisError("Give either --preset or both --denoiser and --classifier.")
-        denoiser = DiffusionDenoiser.from_pretrained(args.denoiser, device)
-        classifier = load_classifier(args.classifier, device)
-        dataset, name, sigma = args.dataset, "custom", 0.25
-    else:
-        preset = get_preset(args.preset or "fashion-mnist")
-        denoiser, classifier = preset.load_models(device)
-        dataset, name, sigma = preset.dataset, preset.name, preset.sigma
+    named = bool(args.denoiser or args.classifier)
+    if named and (args.preset or not (args.denoiser and args.classifier)):
+        raise CadisError("Give either --preset or both --denoiser and --classifier.")
+    preset = resolve_models(None if named else args.preset or "fashion-mnist", args.denoiser, args.classifier,
+                            args.dataset if named else None)
+    denoiser, classifier = preset.load_models(device)
+    dataset, name, sigma = preset.dataset, preset.name, preset.sigma
     sigma = args.sigma if args.sigma is not None else sigma
     lora = not args.full
     values = dict(

@@ -44,7 +44,8 @@ from .distributed import (
     wrap_distributed,
 )
 from .errors import CadisError
-from .lora import SAVE_FORMATS, apply_lora, base_model, enable_full_finetuning, trainable_parameters
+from .loading import SAVE_FORMATS
+from .lora import apply_lora, base_model, enable_full_finetuning, trainable_parameters
 from .objective import FTCadisLoss, check_method, draw_noise
 from .run_dir import RunDir
 from .schedules import batch_indices, warmup_cosine

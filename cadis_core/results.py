@@ -26,13 +26,13 @@ from .analysis import (
     summary_markdown,
     summary_table,
 )
-from .classifier import load_classifier
 from .data import ASSETS, FASHION_MNIST_CLASSES, ImageDataset
 from .errors import CadisError
 from .evaluation import selection_rates
 from .finetune import FinetuneConfig, finetune
+from .loading import load_classifier
 from .objective import METHODS as OBJECTIVE_METHODS
-from .presets import get_preset
+from .presets import SEARCH_ROOTS, get_preset
 from .recipes import RECIPES, get_recipe
 from .runner import CertifyConfig, certify_classifiers
 from .smoothing import DenoisedSmoothing
@@ -120,7 +120,7 @@ def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0:
         classifiers, outs = [], []
         for method in methods:
             spec = classifier_spec(method, sigma)
-            classifiers.append(load_classifier(spec))
+            classifiers.append(load_classifier(spec, search_roots=SEARCH_ROOTS))
             notes = {"run": method, "shared_draws_with": [m for m in methods if m != method]}
             if method != "none":  # the fine-tuning configuration travels with the results
                 notes["finetune"] = json.loads((Path(spec) / "finetune.json").read_text())

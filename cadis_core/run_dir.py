@@ -20,7 +20,8 @@ import torch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .classifier import ImageClassifier
 from .errors import CadisError
-from .lora import save_classifier
+from .loading import save_classifier
+from .presets import PROJECT_ROOT
 
 STEP_FIELDS = ["loss", "loss_sce", "loss_madv", "selection_rate", "mask_rate", "acc_denoised", "warm_start_rate"]
 CSV_FIELDS = ["kind", "step", *STEP_FIELDS, "lr", "images_per_s", "test_acc_denoised", "elapsed_s"]
@@ -142,6 +143,6 @@ class RunDir:
         """Save the fine-tuned classifier (adapter or merged) with finetune.json; returns out/model."""
         path = self.out / "model"
         if self.main:
-            save_classifier(classifier, path, save_as)
+            save_classifier(classifier, path, save_as, PROJECT_ROOT)
             (path / "finetune.json").write_text(json.dumps(self.meta, indent=2))
         return path

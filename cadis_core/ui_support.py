@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from .acceleration import default_acceleration
-from .classifier import ImageClassifier, load_classifier
+from .classifier import ImageClassifier
 from .data import ASSETS, ImageDataset
 from .denoiser import DiffusionDenoiser
 from .errors import CadisError
-from .presets import PRESETS, Preset, get_preset
+from .loading import missing_directory
+from .presets import Preset, resolve_models
 from .smoothing import ABSTAIN, Certificate, DenoisedSmoothing, check_parameters
 
 log = logging.getLogger(__name__)
@@ -49,19 +50,14 @@ def runs_dir() -> Path:
 def model_source(preset: str | None = None, denoiser: str | None = None, classifier: str | None = None) -> Preset:
     """The preset the apps use: $CADIS_PRESET (default fashion-mnist), with its denoiser and classifier
     replaced by the arguments or by $CADIS_DENOISER / $CADIS_CLASSIFIER (a directory or a hub id/spec)."""
-    p = get_preset(preset or os.environ.get("CADIS_PRESET") or "fashion-mnist")
-    den = denoiser or os.environ.get("CADIS_DENOISER") or p.denoiser
-    clf = classifier or os.environ.get("CADIS_CLASSIFIER") or p.classifier
-    if (den, clf) == (p.denoiser, p.classifier):
-        return p
-    online = not all(Path(s.removeprefix("local-dir:")).is_dir() for s in (den, clf))
-    return replace(p, denoiser=den, classifier=clf, online=online,
-                   description=f"{p.description} Models replaced: denoiser {den}, classifier {clf}.")
+    return resolve_models(preset or os.environ.get("CADIS_PRESET") or "fashion-mnist",
+                          denoiser or os.environ.get("CADIS_DENOISER"),
+                          classifier or os.environ.get("CADIS_CLASSIFIER"))
 
 
 def is_custom(p: Preset) -> bool:
-    base = PRESETS.get(p.name)
-    return base is None or (p.denoiser, p.classifier) != (base.denoiser, base.classifier)
+    """Whether the preset's models were replaced by named ones."""
+    return p.custom
 
 
 @dataclass
@@ -97,15 +93,11 @@ class ModelBundle:
 
 def load_bundle(p: Preset, device: str = "cpu") -> ModelBundle:
     """Load a preset's models and test split, with a CadisError that says what is missing."""
-    if is_custom(p):
+    if p.custom:  # named models: a plainly missing directory is reported before anything loads
         for spec in (p.denoiser, p.classifier):
-            path = spec.removeprefix("local-dir:")
-            if path.startswith(("/", ".", "~")) and not Path(path).expanduser().is_dir():
+            if (path := missing_directory(spec)) is not None:
                 raise CadisError(f"Model directory {path} does not exist.")
-        denoiser = DiffusionDenoiser.from_pretrained(p.denoiser, device)
-        classifier = load_classifier(p.classifier, device)
-    else:
-        denoiser, classifier = p.load_models(device)
+    denoiser, classifier = p.load_models(device)
     dataset = p.load_dataset("test")
     if classifier.num_classes != len(dataset.classes):
         raise CadisError(f"The classifier has {classifier.num_classes} classes but {p.dataset} has "

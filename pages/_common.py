@@ -14,10 +14,10 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from cadis_core.classifier import load_classifier
 from cadis_core.data import load_dataset
 from cadis_core.errors import CadisError
-from cadis_core.presets import Preset
+from cadis_core.loading import load_classifier
+from cadis_core.presets import SEARCH_ROOTS, Preset
 from cadis_core.ui_support import (
     IMAGE_TYPES,
     ModelBundle,
@@ -44,7 +44,7 @@ def _bundle(preset: str, denoiser: str, classifier: str) -> ModelBundle:
 @st.cache_resource(show_spinner="Loading the fine-tuned classifier …", max_entries=4)
 def _finetuned(path: str, mtime: float) -> torch.nn.Module:
     # mtime in the key: a run saved again into the same directory is reloaded.
-    return load_classifier(path)
+    return load_classifier(path, search_roots=SEARCH_ROOTS)
 
 
 @st.cache_resource(show_spinner="Loading the training split …", max_entries=2)

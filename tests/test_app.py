@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from scipy.stats import norm
 
-from cadis_core.classifier import load_classifier
 from cadis_core.errors import CadisError
+from cadis_core.loading import load_classifier
 from cadis_core.smoothing import lower_confidence_bound
 from cadis_core.ui_support import (
     MAX_UPLOAD_BYTES,

@@ -15,7 +15,6 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from cadis_core.checkpoint import weights_digest
-from cadis_core.classifier import load_classifier
 from cadis_core.cli import _finetune_parser as add_cli
 from cadis_core.cli import _run_finetune as run_cli
 from cadis_core.data import ImageDataset, load_dataset
@@ -23,7 +22,8 @@ from cadis_core.denoiser import DiffusionDenoiser
 from cadis_core.distributed import wrap_distributed
 from cadis_core.errors import CadisError
 from cadis_core.finetune import FinetuneConfig, batch_loss, finetune, prepare_classifier
-from cadis_core.lora import apply_lora, save_classifier, trainable_parameters
+from cadis_core.loading import load_classifier, save_classifier
+from cadis_core.lora import apply_lora, trainable_parameters
 from cadis_core.objective import FTCadisLoss, correct_draws, denoise_draws, draw_noise
 
 

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
-from ..classifier import load_classifier
 from ..data import load_dataset
 from ..denoiser import DiffusionDenoiser
 from ..evaluation import clean_accuracy, denoising_metrics
+from ..loading import load_classifier
 from .architectures import count_flops
 
 SIGMAS = (0.12, 0.25, 0.5, 1.0)
@@ -73,7 +73,7 @@ def write_card(denoiser_dir: str, classifier_dir: str, out_dir: str, seed: int =
     out = Path(out_dir)
     test = load_dataset("fashion-mnist", "test")
     denoiser = DiffusionDenoiser.from_pretrained(denoiser_dir)
-    classifier = load_classifier(f"local-dir:{classifier_dir}")
+    classifier = load_classifier(classifier_dir)
     x1 = test.images[:1]
     t0 = time.time()
     card = {
