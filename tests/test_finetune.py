@@ -15,8 +15,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from cadis_core.checkpoint import weights_digest
-from cadis_core.cli import _finetune_parser as add_cli
-from cadis_core.cli import _run_finetune as run_cli
+from cadis_core.cli.finetune import add_parser as add_cli
+from cadis_core.cli.finetune import run as run_cli
 from cadis_core.data import ImageDataset, load_dataset
 from cadis_core.denoiser import DiffusionDenoiser
 from cadis_core.distributed import wrap_distributed

@@ -1,0 +1,48 @@
+"""`python -m cadis_core results`: the embedded benchmark (fine-tune, certify, tabulate)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import CadisError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("results", help="the embedded benchmark: fine-tune, certify and tabulate (resumable)")
+    p.add_argument("--stage", default="all", choices=["all", "finetune", "certify", "report", "diagnose"],
+                   help="diagnose: the base classifier's selection and mask rates per class")
+    p.add_argument("--steps", type=int, help="fine-tuning steps per run (default: the run's recipe)")
+    p.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="noise levels, run in this order")
+    p.add_argument("--methods", nargs="+", default=["none", "denoised-ce", "ft-cadis"], type=_run_name,
+                   help="add the ablations sce-only (no L_MAdv) and ce-madv (no selection), or the variant "
+                        "ft-cadis-detached (p̄ without gradient) and ft-cadis-detached-lam1 (λ=1), here; "
+                        "METHOD.RECIPE trains with a named recipe (short, authors-lora, authors-full)")
+    p.add_argument("--runs-dir", default="runs/finetune",
+                   help="fine-tuning run directories (checkpoints); put it under the repository to keep a long run "
+                        "across machines")
+    p.add_argument("--max", type=int, default=500, help="certify the first K test images")
+    p.add_argument("--n", type=int, default=1000, help="draws per certificate")
+    p.add_argument("--threads", type=int, default=0)
+    from ..acceleration import PRECISIONS
+
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                   help="autocast precision for certification")
+    p.add_argument("--compile", action="store_true", help="torch.compile for fine-tuning and certification")
+
+
+def _run_name(run: str) -> str:
+    from ..results import run_method
+
+    try:
+        run_method(run)
+    except CadisError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return run
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..results import run_all
+
+    print(run_all(args.stage, args.steps, args.max, args.n, args.threads, args.precision, args.compile,
+                  args.sigmas, args.methods, Path(args.runs_dir)))
