@@ -30,6 +30,7 @@ from .data import ASSETS, FASHION_MNIST_CLASSES, ImageDataset
 from .errors import CadisError
 from .evaluation import selection_rates
 from .finetune import FinetuneConfig, finetune
+from .hallucination import class_rates, detector_summary, draws_frame, score_images
 from .loading import load_classifier
 from .objective import METHODS as OBJECTIVE_METHODS
 from .presets import SEARCH_ROOTS, get_preset
@@ -151,6 +152,68 @@ def run_diagnostics(sigmas=SIGMAS, limit: int = 2000, num_draws: int = 4, seed: 
     return table
 
 
+def run_hallucination(sigmas=SIGMAS, images: int = 500, draws: int = 4, multistep_images: int = 100,
+                      seed: int = 0) -> pd.DataFrame:
+    """Hallucinated draws per class, and low confidence as their detector (AUROC), for the off-the-shelf
+    classifier and every fine-tuned one shipped at each σ, scored on the same one-shot draws of the first
+    `images` test images; multistep denoising (10 DDPM steps) at σ=1 on the first `multistep_images` as an
+    exploration. Writes hallucination.csv (per class) and hallucination_detector.csv (per classifier)."""
+    preset = get_preset("fashion-mnist")
+    denoiser, base = preset.load_models()
+    test = preset.load_dataset("test")
+    classes = list(FASHION_MNIST_CLASSES)
+    per_class, detector = [], []
+    for sigma in sigmas:
+        classifiers = {"none": base}
+        for adapter in sorted(FINETUNED.glob(f"*-s{sigma:g}")):
+            classifiers[adapter.name.removesuffix(f"-s{sigma:g}")] = load_classifier(str(adapter),
+                                                                                     search_roots=SEARCH_ROOTS)
+        for mode, count in (("one-shot", images), ("multistep", multistep_images if sigma == 1.0 else 0)):
+            if not count:
+                continue
+            torch.manual_seed(seed)  # the DDPM sampler's own noise in multistep mode
+            smooth = DenoisedSmoothing(denoiser, base, sigma, 256, mode=mode)
+            picked = [(str(i), test.images[i], int(test.labels[i])) for i in range(min(count, len(test)))]
+            frame = draws_frame(score_images(smooth, picked, draws, classifiers, seed), classes)
+            rates = class_rates(frame).rename_axis("class").reset_index().melt(
+                id_vars="class", var_name="classifier", value_name="hallucination rate")
+            per_class.append(rates.assign(sigma=sigma, mode=mode))
+            detector.append(detector_summary(frame).rename_axis("classifier").reset_index().assign(sigma=sigma,
+                                                                                                   mode=mode))
+    per_class, detector = pd.concat(per_class), pd.concat(detector)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    per_class.to_csv(RESULTS / "hallucination.csv", index=False)
+    detector.to_csv(RESULTS / "hallucination_detector.csv", index=False)
+    (RESULTS / "hallucination.json").write_text(json.dumps(
+        {"denoiser": preset.denoiser, "classifier": preset.classifier, "fine-tuned": str(FINETUNED),
+         "dataset": preset.dataset, "split": "test", "images": images, "draws_per_image": draws,
+         "multistep": {"sigma": 1.0, "images": multistep_images, "steps": 10, "sampler": "ddpm"},
+         "seed": seed, "sigmas": list(sigmas)}, indent=2))
+    return detector
+
+
+def hallucination_markdown() -> str:
+    """The hallucination tables (per classifier, and per class), and their figure as HTML beside them."""
+    import plotly.express as px
+
+    detector = pd.read_csv(RESULTS / "hallucination_detector.csv")
+    per_class = pd.read_csv(RESULTS / "hallucination.csv")
+    per_class["panel"] = per_class["mode"] + " σ=" + per_class["sigma"].map("{:g}".format)
+    fig = px.bar(per_class, x="class", y="hallucination rate", color="classifier", barmode="group",
+                 facet_row="panel", height=260 * per_class["panel"].nunique(),
+                 title="Share of denoised draws whose top-1 class is not the label")
+    fig.write_html(RESULTS / "hallucination.html", include_plotlyjs="cdn", div_id="hallucination")
+    wide = per_class.pivot_table(index="class", columns=["panel", "classifier"],
+                                 values="hallucination rate")
+    wide.columns = [f"{panel} {clf}" for panel, clf in wide.columns]
+    return ("Hallucinations: share of denoised draws whose top-1 class is not the label, and the AUROC of low "
+            "confidence (1 − max softmax) as their detector (0.5: no better than chance; < 0.5: hallucinated draws "
+            "are the more confident); `results --stage hallucination`\n\n"
+            + detector.astype({"draws": int})[["mode", "sigma", *detector.columns[:-2]]]
+            .to_markdown(index=False, floatfmt=["", "g", "", "d", ".3f", ".3f", ".3f", ".3f"])
+            + "\n\nHallucination rate per class\n\n" + wide.to_markdown(floatfmt=".2f"))
+
+
 def envelope_markdown(results: dict[str, pd.DataFrame], radii=RADII) -> str:
     """Per method run at several σ, the best certified accuracy over σ at each radius, with the σ that gives it."""
     runs = pd.Series({label: run_name(df) for label, df in results.items()})
@@ -206,6 +269,8 @@ def write_report(radii=RADII) -> str:
                  f"denoised draws it gets right) and mask rate (share of images with all {draws} draws right), "
                  "per class and σ, on training images (`results --stage diagnose`)\n\n"
                  + rates.to_markdown(floatfmt=".2f"))
+    if (RESULTS / "hallucination_detector.csv").is_file():
+        full += "\n\n" + hallucination_markdown()
     (RESULTS / "summary.md").write_text(full + "\n")
     update_readme_block(README, markdown)
     logs = {d.name: d for d in sorted(FINETUNED.glob("*")) if (d / "metrics.csv").is_file()}
@@ -276,6 +341,8 @@ def run_all(stage: str = "all", steps: int | None = None, max_images: int = 500,
         torch.set_num_threads(threads)
     if stage == "diagnose":
         run_diagnostics(sigmas)
+    if stage == "hallucination":
+        run_hallucination(sigmas)
     for sigma in sigmas:
         if stage in ("all", "finetune"):
             run_finetuning(methods, (sigma,), steps=steps, runs=runs, compile=compile)

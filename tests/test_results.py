@@ -22,6 +22,12 @@ def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
         files = sorted((tmp_path / "results").glob("*.tsv"))
         assert [f.name for f in files] == ["ft-cadis_s0.25.tsv", "none_s0.25.tsv"]
         assert all(len(f.read_text().splitlines()) == 4 for f in files)
+    detector = results.run_hallucination((0.25,), images=3, draws=4, multistep_images=0)
+    assert detector["classifier"].tolist() == ["none", "ft-cadis"]  # every classifier shipped at that σ
+    assert (detector["draws"] == 12).all() and detector["hallucination rate"].between(0, 1).all()
+    per_class = pd.read_csv(tmp_path / "results" / "hallucination.csv")
+    assert set(per_class["classifier"]) == {"none", "ft-cadis"} and (per_class["sigma"] == 0.25).all()
+    assert "AUROC" in results.hallucination_markdown() and (tmp_path / "results" / "hallucination.html").exists()
     rates = results.run_diagnostics((0.25,), limit=40)
     assert rates["images"].iloc[-1] == 40 and (rates["mask_rate"] <= rates["selection_rate"]).all()
     table = results.write_report()

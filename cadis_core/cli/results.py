@@ -10,8 +10,10 @@ from ..errors import CadisError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("results", help="the embedded benchmark: fine-tune, certify and tabulate (resumable)")
-    p.add_argument("--stage", default="all", choices=["all", "finetune", "certify", "report", "diagnose"],
-                   help="diagnose: the base classifier's selection and mask rates per class")
+    p.add_argument("--stage", default="all",
+                   choices=["all", "finetune", "certify", "report", "diagnose", "hallucination"],
+                   help="diagnose: the base classifier's selection and mask rates per class; hallucination: "
+                        "hallucinated draws per class and confidence as their detector, per classifier and σ")
     p.add_argument("--steps", type=int, help="fine-tuning steps per run (default: the run's recipe)")
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="noise levels, run in this order")
     p.add_argument("--methods", nargs="+", default=["none", "denoised-ce", "ft-cadis"], type=_run_name,
