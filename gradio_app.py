@@ -215,13 +215,15 @@ def check_request(source: Any, upload: Any, index: Any, true_class: Any, sigma: 
 # ---------------------------------------------------------------- what a result says
 
 
-def result_details(req: Request, cert: Certificate, classes: list[str], n0: int, p: Preset) -> dict[str, Any]:
-    """Everything a result is made of, for the JSON output and the text."""
+def result_details(req: Request, cert: Certificate, classes: list[str], n0: int, p: Preset,
+                   label_names: list[str] | None = None) -> dict[str, Any]:
+    """Everything a result is made of, for the JSON output and the text. The prediction is named by the
+    classifier's `classes`, the true class by the dataset's `label_names` (the same for the presets)."""
     cap = largest_radius(req.sigma, req.n, req.alpha)
     abstained = cert.prediction == ABSTAIN
     return {
         "image": req.image_name, "source": req.source,
-        "true_class": None if req.label is None else classes[req.label],
+        "true_class": None if req.label is None else (label_names or classes)[req.label],
         "prediction": "abstain" if abstained else classes[cert.prediction],
         "correct": None if req.label is None else (not abstained and cert.prediction == req.label),
         "radius": round(cert.radius, 4), "largest_radius": round(cap, 4),
@@ -287,7 +289,7 @@ def certify(source: str | None, upload: str | None, index: float | None, true_cl
         raise gr.Error(str(e)) from e
     gallery = [(to_uint8(d, 4), f"{b.classes[p]} {c:.0%}")
                for d, p, c in zip(draws.denoised, draws.top1.tolist(), draws.confidence.tolist())]
-    details = result_details(req, cert, b.classes, n0, b.preset)
+    details = result_details(req, cert, b.classes, n0, b.preset, list(b.dataset.classes))
     table = [[c, v, round(v / req.n, 4)] for c, v in top_counts(counts, b.classes, k=5).items()]
     shown = f"{cert.radius:.4f}" if cert.prediction != ABSTAIN else "0 (abstain)"
     return gallery, verdict_markdown(details), shown, table, to_uint8(x, 8), details
