@@ -1,8 +1,9 @@
-"""Resumable training state: safetensors weights, optimizer state and a JSON step counter.
+"""Resumable training state: safetensors weights, optimizer state and a JSON step counter; atomic writes.
 
 A checkpoint directory is written to a temporary sibling and renamed into place, so an
-interrupted save never leaves a half-written checkpoint. Loading uses safetensors and
-`torch.load(weights_only=True)`, never unpickling.
+interrupted save never leaves a half-written checkpoint; `write_atomic` does the same for a single
+file (temporary sibling, fsync, rename). Loading uses safetensors and `torch.load(weights_only=True)`,
+never unpickling.
 """
 
 from __future__ import annotations
@@ -20,6 +21,24 @@ from safetensors.torch import load_file, save_file
 from .errors import CadisError
 
 
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write `path` so that a reader (or a process resuming after a kill) sees the old content or the new, never
+    a truncated one: the data goes to a temporary sibling, is flushed to disk and renamed over `path`."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed before its rename
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def save_checkpoint(directory: str | os.PathLike, models: dict[str, torch.nn.Module],
                     optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:
     """Atomically write `{name}.safetensors` per model, `optimizer.pt` and `state.json`."""
@@ -33,6 +52,7 @@ def save_checkpoint(directory: str | os.PathLike, models: dict[str, torch.nn.Mod
     if optimizer is not None:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    _fsync_tree(tmp)
     old = directory.with_name(directory.name + ".old")
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -41,9 +61,20 @@ def save_checkpoint(directory: str | os.PathLike, models: dict[str, torch.nn.Mod
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _fsync_tree(directory: Path) -> None:
+    """Flush a directory's files to disk before it is renamed into place (a power cut then finds them whole)."""
+    for f in directory.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
 def load_checkpoint(directory: str | os.PathLike, models: dict[str, torch.nn.Module],
-                    optimizer: torch.optim.Optimizer | None) -> dict[str, Any] | None:
-    """Restore models and optimizer in place; returns the saved state, or None if there is none."""
+                    optimizer: torch.optim.Optimizer | None,
+                    start_over: str = "delete it to start over") -> dict[str, Any] | None:
+    """Restore models and optimizer in place; returns the saved state, or None if there is none.
+
+    A checkpoint that cannot be read is a CadisError whose advice ends with `start_over` (callers name
+    their own flags, e.g. finetune's --fresh)."""
     directory = Path(directory)
     if not directory.exists() and directory.with_name(directory.name + ".old").exists():
         directory = directory.with_name(directory.name + ".old")  # crashed between the two renames
@@ -56,8 +87,9 @@ def load_checkpoint(directory: str | os.PathLike, models: dict[str, torch.nn.Mod
             optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
         return json.loads((directory / "state.json").read_text())
     except Exception as e:  # safetensors, torch and json each raise their own types
-        raise CadisError(f"Checkpoint {directory} is corrupt or from another configuration ({e}). "
-                         "Delete it (or pass --fresh) to start over.") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CadisError(f"Checkpoint {directory} is corrupt or from another configuration ({first}); "
+                         f"{start_over}.") from e
 
 
 def weights_digest(model: torch.nn.Module) -> str:

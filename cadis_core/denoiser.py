@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers.utils import logging as diffusers_logging
 
 from .errors import CadisError
 
@@ -28,6 +29,24 @@ def timestep_for_sigma(alphas_cumprod: torch.Tensor, sigma: float) -> int:
     return int(above[0])
 
 
+def _check_local(path: Path, nested: bool) -> None:
+    """The configs and weights of a local diffusers directory, checked before diffusers reads them."""
+    from .loading import check_safetensors, read_json_object
+
+    unet_dir, sched_dir = (path / "unet", path / "scheduler") if nested else (path, path)
+    for config, kind in ((unet_dir / "config.json", "UNet2DModel"),
+                         (sched_dir / "scheduler_config.json", "scheduler")):
+        if not config.is_file():
+            raise CadisError(f"Could not load a diffusion denoiser from {path}: it has no {config.relative_to(path)}; "
+                             "give a diffusers save_pretrained directory (flat, or with unet/ and scheduler/).")
+        if "_class_name" not in read_json_object(config):
+            raise CadisError(f"{config} does not describe a diffusers {kind} (it has no _class_name); restore the "
+                             "directory (copy or download it again, or re-save the model).")
+    weights = unet_dir / "diffusion_pytorch_model.safetensors"
+    if weights.exists():
+        check_safetensors(weights)
+
+
 class DiffusionDenoiser(torch.nn.Module):
     """A diffusers `UNet2DModel` (ε-prediction) and its scheduler, used as a Gaussian denoiser."""
 
@@ -42,15 +61,20 @@ class DiffusionDenoiser(torch.nn.Module):
     def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device = "cpu"
                         ) -> DiffusionDenoiser:
         """Load from a hub id or a local directory, flat (config.json + scheduler_config.json)
-        or pipeline layout (unet/ + scheduler/)."""
+        or pipeline layout (unet/ + scheduler/). Any failure is a CadisError that names the file."""
+        from .loading import check_finite
+
         path = Path(name_or_path)
         local = path.exists() or str(name_or_path).startswith((".", "/", "~"))
         if local and not path.is_dir():
             raise CadisError(f"Denoiser directory {path} does not exist; give a diffusers save_pretrained "
                              "directory (flat or with unet/ and scheduler/) or a hub id.")
         try:
+            quiet = diffusers_logging.get_verbosity()
+            diffusers_logging.set_verbosity_error()  # missing weights are reported below, in one line
             if local:
                 nested = (path / "unet").is_dir()
+                _check_local(path, nested)
                 unet = UNet2DModel.from_pretrained(path, subfolder="unet" if nested else None)
                 scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler" if nested else None)
             else:
@@ -60,10 +84,16 @@ class DiffusionDenoiser(torch.nn.Module):
                 except OSError:
                     unet = UNet2DModel.from_pretrained(name_or_path)
                     scheduler = DDPMScheduler.from_pretrained(name_or_path)
-        except (OSError, ValueError) as e:
-            raise CadisError(f"Could not load a diffusion denoiser from {name_or_path}: "
-                             f"{str(e).splitlines()[0]}. Check the path, or go online for hub ids "
-                             "(unset HF_HUB_OFFLINE).") from e
+        except CadisError:
+            raise
+        except Exception as e:  # diffusers, torch and safetensors raise many types for a bad model
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(". ")
+            hint = ("restore the directory (copy or download it again, or re-save the model)" if local else
+                    "check the hub id, or go online (unset HF_HUB_OFFLINE)")
+            raise CadisError(f"Could not load a diffusion denoiser from {name_or_path} ({first}); {hint}.") from e
+        finally:
+            diffusers_logging.set_verbosity(quiet)
+        check_finite(unet, f"denoiser {name_or_path}")  # also refuses tensors left without weights
         return cls(unet, scheduler).to(device)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
@@ -73,6 +103,14 @@ class DiffusionDenoiser(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return self.alphas_cumprod.device
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) the UNet was trained on: the images noise is added to (`data.fit_dataset` brings data to it)."""
+        cfg = self.unet.config
+        size = cfg.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return int(cfg.in_channels), int(h), int(w)
 
     def timestep(self, sigma: float) -> int:
         if sigma not in self._t_star:

@@ -18,6 +18,8 @@ groups are `cadis_core.distributed`, and the command line is `cadis_core.cli`.
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 import threading
 import time
 from collections.abc import Callable
@@ -47,9 +49,44 @@ from .errors import CadisError
 from .loading import SAVE_FORMATS
 from .lora import apply_lora, base_model, enable_full_finetuning, trainable_parameters
 from .objective import FTCadisLoss, check_method, draw_noise
-from .run_dir import RunDir
+from .run_dir import RunDir, check_writable
 from .schedules import batch_indices, warmup_cosine
 from .seeds import derive_seed
+
+MAX_STEPS = 1_000_000  # steps seed their noise with derive_seed(seed, step): below seeds.STRIDE, streams stay apart
+MAX_SEED = 2**32 - 1
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_real(name: str, value: Any, low: float | None = None, high: float | None = None, open_low: bool = False,
+                hint: str = "") -> None:
+    """A finite real number in [low, high] ((low, high] with `open_low`), or a CadisError naming the flag."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if open_low else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        where = ">" if open_low else ">="
+        bounds = f" {where} {low:g}" if low is not None else ""
+        if high is not None:
+            bounds = f" in {'(' if open_low else '['}{low:g}, {high:g}]" if low is not None else f" <= {high:g}"
+        raise CadisError(f"{_flag(name)} must be a finite number{bounds} (got {value!r}); {hint}.")
+
+
+def _check_integer(name: str, value: Any, low: int | None = None, high: int | None = None, hint: str = "") -> None:
+    """An integer in [low, high], or a CadisError naming the flag."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bounds = f" >= {low}" if high is None else f" from {low} to {high:,}"
+        raise CadisError(f"{_flag(name)} must be an integer{bounds} (got {value!r}); {hint}.")
 
 
 @dataclass
@@ -86,18 +123,43 @@ class FinetuneConfig:
     compile: bool = False  # torch.compile the classifier (about 1.2x on the embedded CPU model, after compiling)
 
     def validate(self) -> None:
+        """Refuse (CadisError, one line naming the flag) any setting out of range or not finite, before anything
+        is loaded or written. The CLI, the library and the apps all call it."""
         check_method(self.method)
-        if self.method != "none":
-            self.loss()  # checks sigma, num_draws, eps, ...
         if self.save_as not in SAVE_FORMATS:
             raise CadisError(f"Unknown save format {self.save_as!r}; use 'adapter' or 'merged'.")
         if self.save_as == "adapter" and not self.lora:
             raise CadisError("Full fine-tuning cannot be saved as a LoRA adapter; use --save-as merged.")
-        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise CadisError("steps must be >= 0, batch_size >= 1 and lr > 0.")
         Acceleration(self.precision)  # checks the name
-        if self.subset is not None and self.subset < self.batch_size:
-            raise CadisError(f"subset ({self.subset}) must hold at least one batch ({self.batch_size}).")
+        real, integer = _check_real, _check_integer
+        real("sigma", self.sigma, low=0, open_low=True, hint="try 0.25 or 0.5")
+        integer("num_draws", self.num_draws, low=1, hint="the paper uses 4")
+        real("lam", self.lam, low=0, hint="the paper uses 1 to 4; 0 turns the adversarial term off")
+        real("eps", self.eps, low=0, hint="0.125 is usual; 0 turns the adversarial search off")
+        integer("adv_steps", self.adv_steps, low=0, hint="4 is usual")
+        if self.lora:
+            integer("lora_r", self.lora_r, low=1, hint="4 to 16 is usual; --full trains every parameter instead")
+            real("lora_alpha", self.lora_alpha, low=0, open_low=True, hint="usually equal to --lora-r")
+        integer("steps", self.steps, low=0, high=MAX_STEPS, hint="1000 is usual")
+        integer("batch_size", self.batch_size, low=1, hint="32 is usual")
+        real("lr", self.lr, low=0, open_low=True, high=1, hint="1e-3 is usual with LoRA, 1e-4 with --full")
+        real("weight_decay", self.weight_decay, low=0, high=10, hint="0.01 is usual")
+        integer("warmup", self.warmup, low=0, hint="about 5% of --steps is usual")
+        real("min_lr", self.min_lr, low=0, high=self.lr, hint=f"it must not exceed --lr ({self.lr:g}); 0 is usual")
+        if self.grad_clip is not None:
+            real("grad_clip", self.grad_clip, low=0, hint="1.0 is usual; 0 or None turns clipping off")
+        if self.layer_decay is not None:
+            real("layer_decay", self.layer_decay, low=0, open_low=True, high=1, hint="0.75 is usual; omit it for off")
+        if self.subset is not None:
+            integer("subset", self.subset, low=self.batch_size,
+                    hint=f"it must hold at least one batch (--batch-size {self.batch_size})")
+        integer("seed", self.seed, low=0, high=MAX_SEED, hint="any integer from 0")
+        real("checkpoint_minutes", self.checkpoint_minutes, low=0, hint="3 is usual; 0 checkpoints every step")
+        if self.eval_every is not None:
+            integer("eval_every", self.eval_every, low=0, hint="0 evaluates at the end only; omit it for every epoch")
+        integer("eval_size", self.eval_size, low=0, hint="500 is usual; 0 turns evaluation off")
+        if self.method != "none":
+            self.loss()  # the objective's own checks
 
     def loss(self) -> FTCadisLoss:
         return FTCadisLoss(self.method, self.sigma, self.num_draws, self.lam, self.eps, self.adv_steps,
@@ -191,24 +253,60 @@ def _training_indices(cfg: FinetuneConfig, n: int) -> torch.Tensor:
 def finetune(config: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageClassifier,
              train_set: ImageDataset, test_set: ImageDataset | None = None,
              callback: Callable[[dict[str, Any]], None] | None = None,
-             stop_event: threading.Event | None = None) -> FinetuneResult:
+             stop_event: threading.Event | None = None, fresh: bool = False) -> FinetuneResult:
     """Fine-tune a copy of `classifier` behind the frozen `denoiser`; returns where the run ended: the
     saved model directory (out/model), or the checkpoint directory when `stop_event` stopped it early.
 
     `callback` receives {"kind": "step", ...metrics, "lr", "images_per_s"} after every step,
     {"kind": "eval", "step", "test_acc_denoised"} after every evaluation, and finally
     {"kind": "done", "step", "path"} (or {"kind": "stopped", "step", "path"} after a stop).
+    `fresh` deletes a run already in `config.out` (checkpoint, metrics, model) instead of resuming it.
+
+    A non-finite loss, gradient or weight stops the run with a CadisError before the optimizer step, so the
+    last checkpoint (all finite) stays as it was and no model is saved.
     """
     cfg = copy.deepcopy(config)
     cfg.validate()
+    check_inputs(cfg, denoiser, classifier, train_set, test_set)
+    check_writable(cfg.out)
     with process_group() as ddp_device:
-        return _finetune(cfg, denoiser, classifier, train_set, test_set, callback, stop_event, ddp_device)
+        return _finetune(cfg, denoiser, classifier, train_set, test_set, callback, stop_event, ddp_device, fresh)
+
+
+def check_inputs(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageClassifier,
+                 train_set: ImageDataset, test_set: ImageDataset | None) -> None:
+    """What would fail only inside the loop, checked before anything is written: σ within the denoiser's
+    schedule, images in the denoiser's shape, labels within the classifier's classes."""
+    if cfg.method != "none" and hasattr(denoiser, "timestep"):
+        denoiser.timestep(cfg.sigma)
+    want = getattr(denoiser, "image_shape", None)
+    for split, data in (("training", train_set), ("test", test_set)):
+        if data is None or len(data) == 0:
+            if split == "training" and cfg.method != "none":
+                raise CadisError("The training set is empty; give a dataset with images.")
+            continue
+        if want is not None and data.shape != tuple(want):
+            raise CadisError(f"The {split} images are {'×'.join(map(str, data.shape))} but the denoiser takes "
+                             f"{'×'.join(map(str, want))}; bring them to it with cadis_core.data.fit_dataset "
+                             "(the finetune command does).")
+        top = int(data.labels.max())
+        if top >= classifier.num_classes or int(data.labels.min()) < 0:
+            raise CadisError(f"The {split} set has label {top} but the classifier has {classifier.num_classes} "
+                             "classes; give a classifier trained on this dataset's classes.")
+
+
+def _nonfinite(what: str, value: float, step: int, last_good: int | None, run: RunDir) -> CadisError:
+    kept = (f"The last good checkpoint (step {last_good}) in {run.checkpoint_dir} is kept" if last_good else
+            "No checkpoint was written")
+    return CadisError(f"Fine-tuning stopped at step {step}: the {what} is not finite ({value}); nothing was saved "
+                      f"from it. {kept}. Lower --lr (or --eps, --lam), train in fp32, and start again with --fresh "
+                      "or another --out.")
 
 
 def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageClassifier,
               train_set: ImageDataset, test_set: ImageDataset | None,
               callback: Callable[[dict[str, Any]], None] | None, stop_event: threading.Event | None,
-              ddp_device: torch.device | None) -> FinetuneResult:
+              ddp_device: torch.device | None, fresh: bool = False) -> FinetuneResult:
     # ---- set-up: models, optimizer, data
     rank, n_proc = world()
     main = rank == 0
@@ -224,9 +322,12 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
     autocast = Acceleration(cfg.precision).autocast
     opt = make_optimizer(cfg, clf)
     n_trained, n_total = trainable_parameters(clf)
-    run = RunDir(cfg.out, {"config": asdict(cfg), "classifier": clf.spec, "base_weights": base_weights,
-                           "trainable_params": n_trained, "total_params": n_total,
-                           "trainable_fraction": n_trained / n_total, "processes": n_proc}, main)
+    meta = {"config": asdict(cfg), "classifier": clf.spec, "base_weights": base_weights,
+            "trainable_params": n_trained, "total_params": n_total, "trainable_fraction": n_trained / n_total,
+            "processes": n_proc}
+    if train_set.transform_note:  # how the images were brought to the denoiser's input (not compared on resume)
+        meta["images"] = train_set.transform_note
+    run = RunDir(cfg.out, meta, main)
     train_idx = _training_indices(cfg, len(train_set))
     if len(train_idx) < cfg.batch_size:
         raise CadisError(f"{len(train_idx)} training images cannot fill a batch of {cfg.batch_size}.")
@@ -235,7 +336,11 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
     loss_fn = cfg.loss() if steps else None
 
     # ---- resume (or start) from the run directory
+    if fresh:
+        run.clear()
+        barrier()  # no rank reads the checkpoint rank 0 is deleting
     start, elapsed = run.resume(clf, opt)
+    last_good = start or None
     # Resuming, the optimizer's groups carry their initial_lr and the schedule restarts at `start`.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.warmup, max(cfg.steps, 1),
                                                                             cfg.min_lr / cfg.lr),
@@ -253,7 +358,10 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
                 callback(event)
 
     def checkpoint(step: int) -> Path:
-        return run.save_checkpoint(clf, opt, step, elapsed + time.time() - t0)
+        nonlocal last_good
+        path = run.save_checkpoint(clf, opt, step, elapsed + time.time() - t0)
+        last_good = step
+        return path
 
     def evaluate(step: int) -> None:
         if test_set is None or cfg.eval_size <= 0:
@@ -279,12 +387,31 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
                 loss, metrics = batch_loss(loss_fn, model, denoiser, x, y, noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-        lr = opt.param_groups[0]["lr"] / opt.param_groups[0].get("lr_scale", 1.0)
-        opt.step()
-        sched.step()
         done = step + 1
+        # The loss is averaged and the gradients all-reduced over ranks, so every rank takes the same decision.
+        if not math.isfinite(metrics["loss"]):
+            bar.close()
+            raise _nonfinite("loss", metrics["loss"], done, last_good, run)
+        if cfg.grad_clip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None])
+        if not torch.isfinite(grad_norm):
+            bar.close()
+            raise _nonfinite("gradient norm", grad_norm.item(), done, last_good, run)
+        lr = opt.param_groups[0]["lr"] / opt.param_groups[0].get("lr_scale", 1.0)
+        try:
+            opt.step()
+        except RuntimeError as e:  # torch refuses some overflowing updates itself
+            if "overflow" not in str(e):
+                raise
+            bar.close()
+            raise _nonfinite("update", float("inf"), done, last_good, run) from e
+        sched.step()
+        weight_norm = torch.nn.utils.get_total_norm(trainable)
+        if not torch.isfinite(weight_norm):
+            bar.close()
+            raise _nonfinite("norm of the updated weights", weight_norm.item(), done, last_good, run)
         emit({"kind": "step", "step": done, **metrics, "lr": lr,
               "images_per_s": cfg.batch_size / max(time.time() - t_step, 1e-9)})
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc_denoised']:.2f}")

@@ -14,6 +14,11 @@ the way timm's `parse_model_name` feeds its one builder. `save_classifier` write
 that `load_classifier(directory)` reads back. An adapter names its base relative to itself and, when saved
 with a `project_root`, relative to that root too; loading tries the adapter's directory, then the caller's
 `search_roots`.
+
+Every loading failure is a `CadisError` that names the file and says what to do: an unreadable or non-object
+JSON config, a truncated or empty safetensors file, missing or mismatched weights, bad adapter metadata. A model
+whose weights are not all finite is refused when loaded and never saved (`check_finite`, which also checks a
+saved directory without building the model).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +36,7 @@ import torch
 from huggingface_hub import constants as hub_constants
 from peft import PeftModel
 
+from .checkpoint import write_atomic
 from .classifier import ImageClassifier
 from .errors import CadisError
 from .lora import is_lora, merged_classifier
@@ -120,33 +127,142 @@ def _load_error(what: str, name: str, error: Exception, from_hub: bool, hint: st
     return CadisError(f"Could not load {what} {name!r}: {first}.{hint}")
 
 
+# ---------------------------------------------------------------- files checked before a library reads them
+
+RESTORE = "restore the directory (copy or download it again, or re-save the model)"
+
+
+def _first_line(error: BaseException) -> str:
+    """The gist of a library's error: its first line (and the next one when the first only introduces it)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
+    text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return (text[:300] + "...") if len(text) > 300 else text.rstrip(".")
+
+
+def read_json_object(path: str | os.PathLike, fix: str = RESTORE) -> dict:
+    """The JSON object in `path`, or a CadisError naming the file, what is wrong and `fix`."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise CadisError(f"{path} is missing; {fix}.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CadisError(f"{path} cannot be read ({_first_line(e)}); {fix}.") from e
+    if not text.strip():
+        raise CadisError(f"{path} is empty; {fix}.")
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise CadisError(f"{path} is not valid JSON ({_first_line(e)}); {fix}.") from e
+    if not isinstance(data, dict):
+        raise CadisError(f"{path} holds a JSON {type(data).__name__}, not an object; {fix}.")
+    return data
+
+
+def check_safetensors(path: str | os.PathLike, fix: str = RESTORE) -> None:
+    """Refuse a missing, empty, truncated or otherwise unreadable safetensors file (header and size)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CadisError(f"{path} is missing; {fix}.")
+    if path.stat().st_size == 0:
+        raise CadisError(f"{path} is empty (0 bytes); {fix}.")
+    try:
+        with safe_open(str(path), "pt") as f:
+            f.keys()
+    except Exception as e:  # safetensors raises its own SafetensorError, and OSError
+        raise CadisError(f"{path} is truncated or corrupt ({_first_line(e)}); {fix}.") from e
+
+
+def _tensor_files(directory: Path) -> list[Path]:
+    return sorted([*directory.glob("*.safetensors"), *directory.glob("*/*.safetensors")])
+
+
+def _count_nonfinite(tensors, what: str) -> tuple[list[str], int]:
+    bad, total = [], 0
+    for name, t in tensors:
+        total += 1
+        if t.is_meta:  # a library left a tensor it found no weights for uninitialised
+            raise CadisError(f"The model {what} has no weights for {name} in its checkpoint; {RESTORE}.")
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            bad.append(name)
+    return bad, total
+
+
+def check_finite(model: torch.nn.Module | str | os.PathLike, name: str | None = None) -> None:
+    """Refuse (CadisError) a model with a NaN or infinite weight: a module's parameters and buffers, or the
+    safetensors files of a saved model directory (read tensor by tensor, without building the model; an
+    unreadable file is refused too). The apps use it to leave such models out of their lists."""
+    if isinstance(model, torch.nn.Module):
+        what = name or getattr(model, "spec", "") or type(model).__name__
+        bad, total = _count_nonfinite(model.state_dict().items(), what)
+    else:
+        from safetensors import safe_open
+
+        directory = Path(model)
+        what = name or str(directory)
+        bad, total = [], 0
+        for file in _tensor_files(directory):
+            check_safetensors(file)
+            with safe_open(str(file), "pt") as f:
+                found, n = _count_nonfinite(((k, f.get_tensor(k)) for k in f.keys()), what)
+            bad, total = bad + [f"{file.name}:{k}" for k in found], total + n
+    if bad:
+        raise CadisError(f"The model {what} has non-finite weights (NaN or inf) in {len(bad)} of {total} tensors "
+                         f"(e.g. {bad[0]}); it cannot be used. Retrain it (a lower learning rate, or fp32) or "
+                         "restore a good copy.")
+
+
 # ---------------------------------------------------------------- loaders, one per source
 
 
-def _load_timm(spec: ModelSpec) -> ImageClassifier:
+def _label_names(config: dict, path: Path) -> list[str] | None:
+    names = config.get("label_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise CadisError(f"{path / 'config.json'} has label_names that are not a list of strings; {RESTORE}.")
+    return names
+
+
+def _load_timm(spec: ModelSpec, config: dict | None = None) -> ImageClassifier:
+    """A timm model: by name or hf-hub id (hub), or from a local-dir whose parsed config.json is `config`."""
     import timm
 
     name = str(spec)  # timm reads its own hf-hub: and local-dir: prefixes
+    local = spec.source == "local-dir"
     try:
         model = timm.create_model(name, pretrained=True)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise _load_error("timm model", name, e, spec.source != "local-dir",
-                          " Use local-dir:PATH for a saved model, or go online for hub models "
-                          "(unset HF_HUB_OFFLINE).") from e
+    except Exception as e:  # timm, torch and safetensors raise many types for a bad model
+        if local:
+            raise CadisError(f"Could not build the timm model in {spec.location} from its config.json and weights "
+                             f"({_first_line(e)}): they do not match; {RESTORE}.") from e
+        raise _load_error("timm model", name, e, True, " Use local-dir:PATH for a saved model, or go online for "
+                          "hub models (unset HF_HUB_OFFLINE).") from e
     cfg = model.pretrained_cfg
-    classes = None
-    if spec.source == "local-dir":
-        classes = json.loads((Path(spec.location) / "config.json").read_text()).get("label_names")
+    classes = _label_names(config, Path(spec.location)) if local and config is not None else None
     return ImageClassifier(model.eval(), cfg["input_size"], cfg["mean"], cfg["std"], classes, name)
 
 
 def _load_transformers(name: str) -> ImageClassifier:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+    local = Path(name).is_dir()
+    if local:
+        read_json_object(Path(name) / "config.json")
+        if (Path(name) / "model.safetensors").exists():
+            check_safetensors(Path(name) / "model.safetensors")
     try:
-        model = AutoModelForImageClassification.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        raise _load_error("transformers model", name, e, not Path(name).is_dir()) from e
+        model, info = AutoModelForImageClassification.from_pretrained(name, output_loading_info=True)
+    except Exception as e:  # transformers, torch and safetensors raise many types for a bad model
+        if local:
+            raise CadisError(f"Could not load the transformers model in {name} ({_first_line(e)}); {RESTORE}.") from e
+        raise _load_error("transformers model", name, e, True) from e
+    missing = [*info.get("missing_keys", []), *(k[0] if isinstance(k, tuple) else k
+                                                for k in info.get("mismatched_keys", []))]
+    if missing:
+        raise CadisError(f"The transformers model {name} lacks trained weights for {len(missing)} tensors (e.g. "
+                         f"{sorted(missing)[0]}): its checkpoint is incomplete, or has no classification head. "
+                         f"Give a model fine-tuned for image classification, or {RESTORE}.")
     mean, std, size = [0.5] * 3, [0.5] * 3, model.config.image_size
     with contextlib.suppress(OSError, ValueError):
         proc = AutoImageProcessor.from_pretrained(name)
@@ -165,9 +281,18 @@ def _load_directory(path: Path) -> ImageClassifier:
     if not (path / "config.json").is_file():
         raise CadisError(f"Classifier directory {path} has no config.json; give a timm local-dir, a "
                          "transformers save_pretrained directory or a LoRA adapter directory.")
-    if "model_type" in json.loads((path / "config.json").read_text()):
+    config = read_json_object(path / "config.json")
+    if "model_type" in config:
         return _load_transformers(str(path))
-    return _load_timm(ModelSpec("local-dir", str(path)))
+    if not isinstance(config.get("architecture"), str):
+        raise CadisError(f"{path / 'config.json'} names neither an architecture (timm) nor a model_type "
+                         f"(transformers); {RESTORE}.")
+    weights = [path / w for w in ("model.safetensors", "pytorch_model.bin") if (path / w).is_file()]
+    if not weights:
+        raise CadisError(f"Classifier directory {path} has no model.safetensors (or pytorch_model.bin); {RESTORE}.")
+    if weights[0].suffix == ".safetensors":
+        check_safetensors(weights[0])
+    return _load_timm(ModelSpec("local-dir", str(path)), config)
 
 
 def load_classifier(spec: str | os.PathLike | ModelSpec, device: str | torch.device = "cpu",
@@ -185,6 +310,7 @@ def load_classifier(spec: str | os.PathLike | ModelSpec, device: str | torch.dev
         clf = _load_directory(parsed.path)
     else:
         clf = _load_timm(parsed)
+    check_finite(clf, str(parsed))
     return clf.to(device).eval().requires_grad_(False)
 
 
@@ -217,7 +343,7 @@ def save_adapter(classifier: ImageClassifier, directory: str | os.PathLike,
         root = Path(project_root).resolve()
         if base.path.resolve().is_dir() and base.path.resolve().is_relative_to(root):
             meta["base_classifier_in_project"] = str(_relative(base, root))
-    (directory / ADAPTER_META).write_text(json.dumps(meta, indent=2))
+    write_atomic(directory / ADAPTER_META, json.dumps(meta, indent=2))
     return directory
 
 
@@ -239,21 +365,51 @@ def load_adapter(path: str | os.PathLike, merge: bool = True,
     """Rebuild the fine-tuned classifier: the base from `cadis_adapter.json`, then the peft adapter.
 
     With `merge`, LoRA is folded into the weights (a plain model, as fast as the base)."""
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
     directory = Path(path)
     meta_path = directory / ADAPTER_META
     if not meta_path.is_file():
         raise CadisError(f"{directory} has a peft adapter but no {ADAPTER_META} naming its base classifier; "
                          "it was not saved by cadis.")
-    meta = json.loads(meta_path.read_text())
-    base = load_classifier(_resolve_base(meta, directory, search_roots), search_roots=search_roots)
+    fix = "restore the adapter directory, or re-save it with `python -m cadis_core finetune`"
+    meta = read_json_object(meta_path, fix)
+    if not isinstance(meta.get("base_classifier"), str) or not meta["base_classifier"]:
+        raise CadisError(f"{meta_path} names no base_classifier; {fix}.")
+    classes = meta.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise CadisError(f"{meta_path} has classes that are not a list of strings; {fix}.")
+    if "peft_type" not in read_json_object(directory / PEFT_CONFIG, fix):
+        raise CadisError(f"{directory / PEFT_CONFIG} has no peft_type; {fix}.")
+    weights = directory / "adapter_model.safetensors"
+    check_safetensors(weights, fix)
+    base_spec = _resolve_base(meta, directory, search_roots)
+    base_path = parse_spec(base_spec).path
+    if base_path is not None and not base_path.is_dir():
+        roots = "".join(f", {r}" for r in search_roots)
+        raise CadisError(f"The base classifier {meta['base_classifier']} of the adapter {directory} does not exist "
+                         f"(looked relative to {directory}{roots}); put the base model there, or load the adapter "
+                         "from the project that holds it.")
+    base = load_classifier(base_spec, search_roots=search_roots)
     try:
-        model = PeftModel.from_pretrained(base.model, directory)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise CadisError(f"Could not load the LoRA adapter in {directory}: {str(e).splitlines()[0]}") from e
+        with warnings.catch_warnings():  # peft warns of missing keys; they are checked below
+            warnings.simplefilter("ignore")
+            model = PeftModel.from_pretrained(base.model, directory)
+    except KeyError as e:
+        raise CadisError(f"{weights} lacks the tensor {e.args[0] if e.args else e}; {fix}.") from e
+    except Exception as e:  # peft, torch and safetensors raise many types for a bad adapter
+        raise CadisError(f"Could not load the LoRA adapter in {directory} onto its base {meta['base_classifier']} "
+                         f"({_first_line(e)}); {fix}.") from e
+    with safe_open(str(weights), "pt") as f:
+        saved = set(f.keys())
+    missing = sorted(set(get_peft_model_state_dict(model)) - saved)
+    if missing:
+        raise CadisError(f"{weights} lacks {len(missing)} of the adapter's tensors (e.g. {missing[0]}); {fix}.")
     if merge:
         model = model.merge_and_unload()
     return ImageClassifier(model, base.input_size, base.mean.flatten().tolist(), base.std.flatten().tolist(),
-                           meta.get("classes") or base.classes, str(directory), base.logits_attr)
+                           classes or base.classes, str(directory), base.logits_attr)
 
 
 # ---------------------------------------------------------------- merged weights, and either format
@@ -287,6 +443,7 @@ def save_classifier(classifier: ImageClassifier, directory: str | os.PathLike, s
     """Save as `adapter` or `merged`; either loads with `load_classifier(directory)`."""
     if save_as not in SAVE_FORMATS:
         raise CadisError(f"Unknown save format {save_as!r}; use 'adapter' or 'merged'.")
+    check_finite(classifier, f"to be saved in {directory}")
     if save_as == "adapter":
         return save_adapter(classifier, directory, project_root)
     return save_merged(classifier, directory)

@@ -5,27 +5,60 @@
     out/checkpoint/     the trained tensors and optimizer state of the last checkpoint
     out/model/          the fine-tuned classifier (adapter or merged) and finetune.json
 
-Only the main process writes; every process reads the checkpoint.
+Only the main process writes; every process reads the checkpoint. A kill at any moment leaves a directory
+that resumes: config.json and the rewritten metrics files are replaced atomically (temporary file, rename),
+the checkpoint and the model directory are renamed into place whole, and a torn last line of metrics.jsonl
+(killed mid-append) is dropped when the run resumes. A config.json that cannot be read (from older versions,
+which wrote it in place) is rewritten; the checkpoint's own copy of the configuration still guards resuming.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, write_atomic
 from .classifier import ImageClassifier
 from .errors import CadisError
-from .loading import save_classifier
+from .loading import check_finite, save_classifier
 from .presets import PROJECT_ROOT
 
 STEP_FIELDS = ["loss", "loss_sce", "loss_madv", "selection_rate", "mask_rate", "acc_denoised", "warm_start_rate"]
 CSV_FIELDS = ["kind", "step", *STEP_FIELDS, "lr", "images_per_s", "test_acc_denoised", "elapsed_s"]
 NOT_COMPARED = {"out", "checkpoint_minutes", "compile"}  # may change between a run and its resumption
+START_OVER = ("pass --fresh to start this run over (it deletes the run's checkpoint, metrics and model), "
+              "or use another --out")
+# What --fresh deletes: only the files a run writes, so an --out that holds other files keeps them.
+RUN_FILES = ("checkpoint", "checkpoint.tmp", "checkpoint.old", "model", "model.tmp", "model.old", "config.json",
+             "metrics.jsonl", "metrics.csv")
+
+
+def read_metrics_rows(path: Path) -> list[dict[str, Any]]:
+    """The events of a metrics.jsonl; a torn line (a kill mid-append) or any line that is not an event is skipped."""
+    rows = []
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and "kind" in row:
+            rows.append(row)
+    return rows
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
 
 
 class _TrainedState(torch.nn.Module):
@@ -58,12 +91,10 @@ class _MetricsLog:
             return
         rows = []
         if self.jsonl.exists() and start > 0:  # a fresh start (no checkpoint) keeps nothing
-            rows = [r for r in map(json.loads, self.jsonl.read_text().splitlines()) if r["step"] <= start]
-        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        with self.csv.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
+            rows = [r for r in read_metrics_rows(self.jsonl) if r["step"] <= start]
+        # both rewritten whole (atomically), so a torn last line is gone and the csv mirrors the jsonl again
+        write_atomic(self.jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+        write_atomic(self.csv, _csv_text(rows))
 
     def write(self, event: dict[str, Any]) -> None:
         if not self.enabled:
@@ -74,6 +105,21 @@ class _MetricsLog:
             csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore").writerow(event)
 
 
+def check_writable(out: str | Path) -> None:
+    """Refuse, before anything is loaded or written, an out dir that is a file, lies under a file, or cannot be
+    written to."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CadisError(f"--out {out} is a file, not a directory; choose another --out.")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CadisError(f"--out {out} lies under {parent}, which is a file; choose another --out.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CadisError(f"--out {out} cannot be written ({parent} is not writable); choose another --out.")
+
+
 def _compared(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in NOT_COMPARED}
 
@@ -82,7 +128,12 @@ def check_out_dir(out: Path, meta: dict[str, Any], state: dict[str, Any] | None)
     """A run may only resume into an out dir holding the same configuration (and the same base weights)."""
     saved = []
     if (out / "config.json").exists():
-        saved.append(json.loads((out / "config.json").read_text()))
+        try:
+            old = json.loads((out / "config.json").read_text())
+        except (ValueError, UnicodeDecodeError):
+            old = None  # unreadable (written in place by older versions and killed): start() rewrites it
+        if isinstance(old, dict) and isinstance(old.get("config"), dict):
+            saved.append(old)
     if state is not None:
         saved.append({"config": state["config"], "classifier": state.get("classifier", meta["classifier"]),
                       "base_weights": state.get("base_weights", meta["base_weights"])})
@@ -91,12 +142,14 @@ def check_out_dir(out: Path, meta: dict[str, Any], state: dict[str, Any] | None)
             diff = sorted(k for k in meta["config"] if k not in NOT_COMPARED
                           and old["config"].get(k) != meta["config"][k])
             raise CadisError(f"{out} holds a fine-tuning run with another configuration "
-                             f"(differs in: {', '.join(diff) or 'classifier'}); use another --out or delete it.")
+                             f"(differs in: {', '.join(diff) or 'classifier'}); use another --out, or pass --fresh "
+                             "to replace that run.")
         # Same spec, other weights (a retrained classifier): resuming would mix two bases. Runs from
         # before the digest was recorded have none and are not checked.
         if old.get("base_weights", meta["base_weights"]) != meta["base_weights"]:
             raise CadisError(f"{out} holds a fine-tuning run of other weights under the classifier spec "
-                             f"{meta['classifier']!r} (it was retrained since); use another --out or delete it.")
+                             f"{meta['classifier']!r} (it was retrained since); use another --out, or pass --fresh "
+                             "to replace that run.")
 
 
 class RunDir:
@@ -111,11 +164,21 @@ class RunDir:
     def checkpoint_dir(self) -> Path:
         return self.out / "checkpoint"
 
+    def clear(self) -> None:
+        """Delete this directory's run (checkpoint, metrics, config, model) to start over; other files stay."""
+        if self.main:
+            for name in RUN_FILES:
+                path = self.out / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+
     def resume(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, float]:
         """Load the last checkpoint of this run into `model`'s trained tensors and `opt`, after checking
         that the directory holds this run; returns (step, elapsed seconds), (0, 0.0) for a fresh start."""
         check_out_dir(self.out, self.meta, None)  # before loading, so a changed setup is reported as such
-        state = load_checkpoint(self.checkpoint_dir, {"trained": _TrainedState(model)}, opt)
+        state = load_checkpoint(self.checkpoint_dir, {"trained": _TrainedState(model)}, opt, START_OVER)
         check_out_dir(self.out, self.meta, state)
         return (state["step"], state["elapsed_s"]) if state else (0, 0.0)
 
@@ -123,7 +186,7 @@ class RunDir:
         """Write config.json and open the metrics files, dropping rows logged after `step`."""
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(self.meta, indent=2))
+            write_atomic(self.out / "config.json", json.dumps(self.meta, indent=2))
         self.log = _MetricsLog(self.out, step, self.main)
 
     def write_metrics(self, event: dict[str, Any]) -> None:
@@ -132,17 +195,28 @@ class RunDir:
 
     def save_checkpoint(self, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
                         elapsed_s: float) -> Path:
-        """Checkpoint `model`'s trained tensors and `opt` at `step`; returns the checkpoint directory."""
+        """Checkpoint `model`'s trained tensors and `opt` at `step`; returns the checkpoint directory.
+        Non-finite weights are refused (CadisError), so the last good checkpoint stays."""
         if self.main:
+            check_finite(model, f"fine-tuned at step {step}")
             meta = {k: self.meta[k] for k in ("config", "classifier", "base_weights")}
             save_checkpoint(self.checkpoint_dir, {"trained": _TrainedState(model)}, opt,
                             {"step": step, "elapsed_s": elapsed_s, **meta})
         return self.checkpoint_dir
 
     def save_model(self, classifier: ImageClassifier, save_as: str) -> Path:
-        """Save the fine-tuned classifier (adapter or merged) with finetune.json; returns out/model."""
+        """Save the fine-tuned classifier (adapter or merged) with finetune.json; returns out/model.
+
+        Written to out/model.tmp and renamed into place, so out/model is complete whenever it exists."""
         path = self.out / "model"
         if self.main:
-            save_classifier(classifier, path, save_as, PROJECT_ROOT)
-            (path / "finetune.json").write_text(json.dumps(self.meta, indent=2))
+            tmp, old = path.with_name("model.tmp"), path.with_name("model.old")
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_classifier(classifier, tmp, save_as, PROJECT_ROOT)
+            (tmp / "finetune.json").write_text(json.dumps(self.meta, indent=2))
+            if path.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
         return path

@@ -201,6 +201,7 @@ def _certify_loop(certify: Callable[[torch.Tensor, int, list[int]], list[Certifi
     if sigma != smooth.sigma:
         raise CadisError(f"The configuration's sigma ({sigma}) is not the smoothing's ({smooth.sigma}).")
     indices = config.indices(len(dataset))
+    dataset, outs = dataset.fit_for_run(smooth, outs)  # to the denoiser's input shape; the sidecars say how
     done = [prepare_output(out, c, fresh) for out, c in outs]
     todo = [i for i in indices if any(i not in d for d in done)]
     bar = tqdm(todo, desc=f"certify σ={sigma}", unit="img", initial=len(indices) - len(todo), total=len(indices))

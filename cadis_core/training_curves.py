@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +27,10 @@ def read_metrics(run: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-step rows, per-evaluation rows) of a run's metrics.csv."""
     path = metrics_file(run)
     try:
-        df = pd.read_csv(path)
+        text = path.read_bytes().decode("utf-8")
+        if text and not text.endswith("\n"):  # a run killed (or still writing) mid-line: leave that line out
+            text = text[:text.rfind("\n") + 1]
+        df = pd.read_csv(io.StringIO(text))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise CadisError(f"{path} is not a readable metrics table ({e}).") from e
     if not {"kind", "step"} <= set(df.columns):

@@ -6,6 +6,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import threading
 
 import pytest
@@ -303,3 +304,281 @@ def test_cli_finetunes_and_saves_an_adapter(tmp_path, tiny_denoiser_dir, tiny_cl
     assert loaded(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(CadisError, match="--preset or both"):
         run_cli(parser.parse_args(["finetune", "--denoiser", str(tiny_denoiser_dir)]))
+
+
+# ---------------------------------------------------------------- validation at the door
+
+BAD_SETTINGS = [
+    ("sigma", float("nan")), ("sigma", 0.0), ("sigma", float("inf")), ("lr", float("nan")), ("lr", float("inf")),
+    ("lr", 0.0), ("lr", -1e-3), ("lr", 1e39), ("weight_decay", 1e30), ("eps", float("nan")), ("eps", -0.1),
+    ("weight_decay", float("nan")),
+    ("weight_decay", -0.01), ("lam", float("inf")), ("lam", -1.0), ("lora_r", 0), ("lora_r", 2.5),
+    ("lora_alpha", 0.0), ("lora_alpha", float("nan")), ("num_draws", 0), ("adv_steps", -1), ("steps", -1),
+    ("steps", 10**7), ("batch_size", 0), ("batch_size", True), ("warmup", -5), ("min_lr", float("nan")),
+    ("min_lr", 1.0), ("min_lr", -1e-4), ("grad_clip", float("nan")), ("grad_clip", -1.0), ("layer_decay", 0.0),
+    ("layer_decay", 1.5), ("layer_decay", float("nan")), ("subset", 4), ("seed", -1), ("seed", 2**40),
+    ("checkpoint_minutes", float("nan")), ("checkpoint_minutes", -1.0), ("eval_every", -1), ("eval_size", -1),
+    ("sigma", "0.25"),
+]
+
+
+@pytest.mark.parametrize("field,value", BAD_SETTINGS, ids=[f"{f}={v!r}" for f, v in BAD_SETTINGS])
+def test_every_bad_setting_is_refused_before_anything_is_written(field, value, models, data, tmp_path):
+    cfg = config(tmp_path / "out", **{field: value})
+    flag = "--" + field.replace("_", "-")
+    with pytest.raises(CadisError, match=flag) as e:
+        cfg.validate()
+    assert "\n" not in str(e.value) and "(got " in str(e.value)
+    with pytest.raises(CadisError, match=flag):
+        finetune(cfg, *models, *data)
+    assert not (tmp_path / "out").exists()
+
+
+def test_good_edges_pass_validation(tmp_path):
+    for kw in ({"eps": 0.0, "lam": 0.0, "adv_steps": 0}, {"min_lr": 0.05}, {"grad_clip": None},
+               {"grad_clip": 0.0}, {"layer_decay": 1.0}, {"subset": 16}, {"steps": 0}, {"eval_every": 0},
+               {"eval_size": 0}, {"lora": False, "lora_r": 0, "save_as": "merged"}):
+        config(tmp_path, **kw).validate()
+
+
+def test_sigma_beyond_the_schedule_bad_labels_and_bad_shapes_are_refused_before_writing(models, data, tmp_path):
+    den, clf = models
+    train, test = data
+    out = tmp_path / "out"
+    with pytest.raises(CadisError, match="beyond this scheduler"):
+        finetune(config(out, sigma=100.0), den, clf, train, test)
+    wrong_labels = ImageDataset(train.images, train.labels + 5, train.classes)
+    with pytest.raises(CadisError, match="label 14 but the classifier has 10 classes"):
+        finetune(config(out), den, clf, wrong_labels, test)
+    rgb = train.fit((3, 32, 32))
+    with pytest.raises(CadisError, match="3×32×32 but the denoiser takes 1×28×28"):
+        finetune(config(out), den, clf, rgb, test)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CadisError, match="is a file"):
+        finetune(config(tmp_path / "file"), den, clf, train, test)
+    with pytest.raises(CadisError, match="which is a file"):
+        finetune(config(tmp_path / "file" / "out"), den, clf, train, test)
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- non-finite training stops, the last checkpoint stays
+
+
+class _NaNGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+@pytest.mark.parametrize("what", ["loss", "gradient norm"])
+def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(what, models, data, tmp_path,
+                                                                            monkeypatch):
+    import cadis_core.finetune as ft
+
+    calls = {"n": 0}
+    real = ft.batch_loss
+
+    def poisoned(*args):
+        loss, metrics = real(*args)
+        calls["n"] += 1
+        if calls["n"] == 5:  # step 5
+            if what == "loss":
+                loss, metrics = loss * float("nan"), {**metrics, "loss": float("nan")}
+            else:
+                loss = _NaNGradient.apply(loss)
+        return loss, metrics
+
+    monkeypatch.setattr(ft, "batch_loss", poisoned)
+    cfg = config(tmp_path / "out", steps=8, eval_every=0)
+    with pytest.raises(CadisError, match=rf"stopped at step 5: the {what} is not finite.*checkpoint \(step 4\).*kept"):
+        finetune(cfg, *models, *data)
+    ckpt = tmp_path / "out" / "checkpoint"
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 4
+    assert all(torch.isfinite(t).all() for t in load_file(ckpt / "trained.safetensors").values())
+    assert not (tmp_path / "out" / "model").exists()
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_weights_made_non_finite_by_the_update_are_never_saved(models, data, tmp_path, monkeypatch):
+    import cadis_core.finetune as ft
+
+    real = ft.make_optimizer
+
+    def overflowing(cfg, clf):
+        opt = real(cfg, clf)
+
+        def overflow_at_step_3(optimizer, args, kwargs):
+            param = optimizer.param_groups[0]["params"][0]
+            if optimizer.state[param]["step"] == 3:
+                with torch.no_grad():
+                    param.view(-1)[0] = float("inf")
+        opt.register_step_post_hook(overflow_at_step_3)
+        return opt
+
+    monkeypatch.setattr(ft, "make_optimizer", overflowing)
+    with pytest.raises(CadisError, match=r"stopped at step 3: the norm of the updated weights.*\(step 2\)"):
+        finetune(config(tmp_path / "out", steps=5, eval_every=0), *models, *data)
+    assert json.loads((tmp_path / "out" / "checkpoint" / "state.json").read_text())["step"] == 2
+    assert not (tmp_path / "out" / "model").exists()
+
+
+# ---------------------------------------------------------------- crash windows of every file a resume reads
+
+
+def _stop_at(step: int):
+    stop = threading.Event()
+
+    def callback(event):
+        if event["kind"] == "step" and event["step"] == step:
+            stop.set()
+    return stop, callback
+
+
+def _assert_same_model_and_metrics(run_dir, reference_model):
+    name = "model.safetensors" if (reference_model / "model.safetensors").exists() else "adapter_model.safetensors"
+    want, got = load_file(reference_model / name), load_file(run_dir / "model" / name)
+    assert want.keys() == got.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0)
+
+    def rows(out):
+        return [(r["kind"], r["step"], r.get("loss"), r.get("test_acc_denoised"))
+                for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+
+    assert rows(run_dir) == rows(reference_model.parent)
+    csv_lines = (run_dir / "metrics.csv").read_text().splitlines()
+    assert len(csv_lines) == len(rows(run_dir)) + 1 and csv_lines[0].startswith("kind,step")
+
+
+def test_resume_survives_a_kill_in_every_write_window(uninterrupted, models, data, tmp_path):
+    """Each stop leaves the directory as a kill -9 at that moment would (a truncated or empty file, a torn
+    line, a half-written temporary), and the next run resumes from the last checkpoint: the final adapter
+    and metrics equal an uninterrupted run's."""
+    _, reference, _ = uninterrupted
+    out = tmp_path / "out"
+    cfg = config(out)
+
+    def stop_then(step, damage):
+        stop, callback = _stop_at(step)
+        result = finetune(cfg, *models, *data, callback=callback, stop_event=stop)
+        assert result.stopped and result.step == step
+        saved = json.loads((out / "checkpoint" / "state.json").read_text())["step"]
+        damage()
+        return saved
+
+    def empty_config():  # older versions wrote config.json in place: a kill between truncating and writing
+        (out / "config.json").write_text("")
+        (out / ".config.json.999.tmp").write_text('{"conf')  # and ours, killed before its rename
+
+    def torn_metrics():  # killed mid-append
+        with (out / "metrics.jsonl").open("a") as f:
+            f.write('{"kind": "step", "step": 7, "lo')
+        with (out / "metrics.csv").open("a") as f:
+            f.write("step,7,0.1")
+
+    def inside_checkpoint_write():  # killed while writing checkpoint.tmp: every file of it empty or cut
+        tmp = out / "checkpoint.tmp"
+        shutil.copytree(out / "checkpoint", tmp)
+        os.truncate(tmp / "trained.safetensors", 100)
+        (tmp / "optimizer.pt").write_bytes(b"")
+        (tmp / "state.json").write_text('{"step": 99')
+
+    def between_the_renames():  # the old checkpoint renamed away, the new one not yet in place
+        (out / "checkpoint").rename(out / "checkpoint.old")
+
+    assert stop_then(4, empty_config) == 4
+    assert stop_then(9, torn_metrics) == 9
+    assert stop_then(13, inside_checkpoint_write) == 13
+    assert stop_then(17, between_the_renames) == 17
+    events = []
+    final = finetune(cfg, *models, *data, callback=events.append)
+    assert events[0]["step"] == 18  # nothing lost beyond the last checkpoint
+    assert not (out / ".config.json.999.tmp").exists() and json.loads((out / "config.json").read_text())["config"]
+    _assert_same_model_and_metrics(out, reference)
+    # a kill while the model is saved (out/model.tmp half written) is repaired by running again
+    shutil.copytree(final.path, out / "model.tmp")
+    os.truncate(out / "model.tmp" / "model.safetensors", 10)
+    shutil.rmtree(final.path)
+    finetune(cfg, *models, *data)
+    assert not (out / "model.tmp").exists()
+    _assert_same_model_and_metrics(out, reference)
+
+
+def test_a_corrupt_checkpoint_advises_fresh_which_starts_over(uninterrupted, models, data, tmp_path):
+    _, reference, _ = uninterrupted
+    out = tmp_path / "out"
+    stop, callback = _stop_at(6)
+    finetune(config(out), *models, *data, callback=callback, stop_event=stop)
+    (out / "checkpoint" / "optimizer.pt").write_bytes(b"garbage")
+    with pytest.raises(CadisError, match="corrupt.*pass --fresh to start this run over") as e:
+        finetune(config(out), *models, *data)
+    assert "\n" not in str(e.value)
+    (out / "keep.txt").write_text("the user's own file")
+    with pytest.raises(CadisError, match="another configuration.*--fresh"):
+        finetune(config(out, lr=0.01), *models, *data)
+    finetune(config(out), *models, *data, fresh=True)
+    assert (out / "keep.txt").read_text() == "the user's own file"
+    _assert_same_model_and_metrics(out, reference)
+
+
+# ---------------------------------------------------------------- kill -9 through the real command
+
+
+def test_kill_9_at_random_moments_loses_no_step_and_ends_identical(tiny_denoiser_dir, tiny_classifier_dir, tmp_path):
+    """`python -m cadis_core finetune` checkpointing every step, SIGKILLed three times at random moments (so
+    also inside checkpoint, config and metrics writes): each resume starts at the last checkpoint on disk, and
+    the final adapter and metrics equal those of an uninterrupted run."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cadis_core.cli import main
+
+    from conftest import ROOT
+
+    args = ["finetune", "--denoiser", str(tiny_denoiser_dir), "--classifier", str(tiny_classifier_dir),
+            "--method", "ft-cadis", "--steps", "30", "--batch-size", "8", "--subset", "32", "--eval-size", "8",
+            "--eval-every", "10", "--checkpoint-minutes", "0", "--seed", "5", "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "reference")]) == 0
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "cadis_core", *args, "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+    def checkpoint_step() -> int:
+        for d in ("checkpoint", "checkpoint.old"):
+            if (out / d / "state.json").is_file():
+                return json.loads((out / d / "state.json").read_text())["step"]
+        return 0
+
+    def resumed_at(log) -> int:
+        text = log.read_text()
+        return int(text.split("resuming at step ")[1].split()[0]) if "resuming at step" in text else 0
+
+    rng = random.Random()
+    delays, last = [], 0
+    for kill in range(3):
+        log = tmp_path / f"run{kill}.log"
+        with log.open("w") as f:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+            deadline = time.time() + 180
+            while time.time() < deadline and checkpoint_step() <= last + 1 and proc.poll() is None:
+                time.sleep(0.05)
+            delays.append(round(rng.uniform(0, 0.5), 3))
+            time.sleep(delays[-1])
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        assert resumed_at(log) == last, (delays, log.read_text()[-2000:])  # no step lost beyond the checkpoint
+        last = checkpoint_step()
+        assert 0 < last < 30, f"kill {kill} after {delays} s should land mid-run (checkpoint at {last})"
+    log = tmp_path / "final.log"
+    with log.open("w") as f:
+        subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, check=True)
+    assert resumed_at(log) == last
+    _assert_same_model_and_metrics(out, tmp_path / "reference" / "model")

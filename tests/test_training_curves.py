@@ -46,3 +46,11 @@ def test_figures_draw_each_metric_and_each_run(tmp_path):
     fig = comparison_figure({"a": tmp_path / "a", "b": _run(tmp_path / "b", (0.7, 0.9))})
     assert [t.name for t in fig.data] == ["a"] * 3 + ["b"] * 3
     assert list(fig.data[3].y) == [0.7, 0.9]
+
+
+def test_a_torn_last_line_of_a_live_run_is_left_out(tmp_path):
+    run = _run(tmp_path / "run")
+    with (run / "metrics.csv").open("a") as f:
+        f.write("step,7,0.14")  # the writer is mid-line (or was killed there)
+    steps, _ = read_metrics(run)
+    assert steps["step"].tolist() == [1, 2, 3, 4, 5, 6]

@@ -16,8 +16,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = FinetuneConfig()
     p = sub.add_parser("finetune", help="FT-CADIS fine-tuning of the classifier on denoised images",
                        description="Fine-tune the classifier of a denoised-smoothing pair (FT-CADIS). "
-                       "Resumes from --out if it holds the same run. Several processes: "
-                       "torchrun --nproc-per-node N -m cadis_core finetune ...")
+                       "Resumes from --out if it holds the same run (--fresh starts it over). Images of another "
+                       "size or channel count (an ImageFolder) are brought to the denoiser's input, and config.json "
+                       "records how. Several processes: torchrun --nproc-per-node N -m cadis_core finetune ...")
     p.add_argument("--preset", help="fashion-mnist (default when no --denoiser/--classifier) or cifar10")
     p.add_argument("--denoiser", help="diffusers directory or hub id (with --classifier)")
     p.add_argument("--classifier", help="classifier spec (see load_classifier)")
@@ -44,6 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", type=int, help="train on this many images (seeded random subset)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", help="run directory (default runs/finetune/<preset>-<method>-s<sigma>)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: delete the run already in --out (checkpoint, metrics, model) instead of resuming")
     p.add_argument("--save-as", choices=SAVE_FORMATS, help="adapter (default with LoRA) or merged")
     p.add_argument("--eval-every", type=int, help="steps between test evaluations (default: every epoch)")
     p.add_argument("--eval-size", type=int, default=d.eval_size)
@@ -63,17 +66,25 @@ def run(args: argparse.Namespace) -> None:
     from ..distributed import launched
     from ..finetune import FinetuneConfig, finetune
     from ..presets import resolve_models
+    from ..run_dir import check_writable
 
+    if args.threads < 0:
+        raise CadisError(f"--threads must be >= 0 (got {args.threads}); 0 keeps torch's default.")
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, _, local_rank = launched()
     device = args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise CadisError(f"--device {device!r} is not a device; use cpu or cuda (cuda:N).") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise CadisError(f"--device {device} asks for a GPU, but torch sees none here; use --device cpu.")
     named = bool(args.denoiser or args.classifier)
     if named and (args.preset or not (args.denoiser and args.classifier)):
         raise CadisError("Give either --preset or both --denoiser and --classifier.")
     preset = resolve_models(None if named else args.preset or "fashion-mnist", args.denoiser, args.classifier,
                             args.dataset if named else None)
-    denoiser, classifier = preset.load_models(device)
     dataset, name, sigma = preset.dataset, preset.name, preset.sigma
     sigma = args.sigma if args.sigma is not None else sigma
     lora = not args.full
@@ -81,16 +92,21 @@ def run(args: argparse.Namespace) -> None:
         out=args.out or f"runs/finetune/{name}-{args.method}-s{sigma:g}", method=args.method, sigma=sigma,
         num_draws=args.num_draws, lam=args.lam, eps=args.eps, adv_steps=args.adv_steps,
         warm_start=not args.no_warm_start, detach_target=args.detach_target, lora=lora, lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr or (FinetuneConfig.lr if lora else 1e-4),
+        lora_alpha=args.lora_alpha, steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr if args.lr is not None else (FinetuneConfig.lr if lora else 1e-4),
         weight_decay=args.weight_decay, warmup=args.warmup, min_lr=args.min_lr, layer_decay=args.layer_decay,
         subset=args.subset,
         seed=args.seed, save_as=args.save_as or ("adapter" if lora else "merged"),
         checkpoint_minutes=args.checkpoint_minutes, eval_every=args.eval_every, eval_size=args.eval_size,
         precision=args.precision, compile=args.compile)
     config = FinetuneConfig(**values)
-    config.validate()
-    train, test = load_dataset(dataset, "train"), load_dataset(dataset, "test")
-    result = finetune(config, denoiser, classifier, train, test)
+    config.validate()  # before any model or data is loaded, and before anything is written
+    check_writable(config.out)
+    denoiser, classifier = preset.load_models(device)
+    shape = denoiser.image_shape  # the user's images are brought to it (sizes, grey <-> RGB)
+    train, test = load_dataset(dataset, "train", shape=shape), load_dataset(dataset, "test", shape=shape)
+    if train.transform_note and rank == 0:
+        print(f"images: {train.transform_note}")
+    result = finetune(config, denoiser, classifier, train, test, fresh=args.fresh)
     if rank == 0:  # only the main process reports
         print(f"saved {result.path}")
