@@ -1,14 +1,17 @@
-"""Adaptive CERTIFY: sample in stages and stop once more draws cannot change the outcome that matters.
+"""Adaptive CERTIFY: sample in stages and stop once more draws are projected not to change the outcome.
 
 CERTIFY spends all N estimation draws on every image. Here the draws come in a geometric schedule of
 looks n_1 < n_2 < ... < n_K = N, and look k bounds p_A at level α_k with Σ α_k = α (Bonferroni; half of
 α goes to the final look). We stop early
 
-- to abstain, when even the upper bound on p_A is below 1/2 (more draws would not certify), or
-- to certify, when no radius in `radii` lies between the radius now and the best radius the full
-  budget could still give (the remaining draws voting c_A at the upper confidence bound on p_A), so a
-  certified-accuracy table at those radii cannot change; with no `radii`, when the two are within
-  `tolerance`.
+- to abstain, when even the upper bound on p_A is below 1/2 (more draws would likely not certify), or
+- to certify, when no radius in `radii` lies between the radius now and a projection of what the full
+  budget would give (the remaining draws voting c_A at the upper confidence bound on p_A); with no
+  `radii`, when the two are within `tolerance`.
+
+The projection is a heuristic at the upper confidence bound, not a guarantee: more draws can still move
+an image across a listed radius (either way), so a row may differ from the one running on to N would
+give (on the same draws, about 0.7% of rows in an audit; docs/adaptive.md). This is about efficiency only.
 
 Soundness: the certificate is wrong only if the lower bound at the look where we stopped exceeds p_A.
 That event lies inside the union of the K events "the bound at look k exceeds p_A", each of probability
@@ -51,6 +54,15 @@ class AdaptiveSettings:
     first_look: int = FIRST_LOOK
     rule: str = RULE
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.tolerance < math.inf:
+            raise CadisError(f"--tolerance must be a finite number >= 0 (got {self.tolerance}); the default is "
+                             "sigma/10.")
+        if not all(0 <= r < math.inf for r in self.radii):
+            raise CadisError(f"--radii must be finite numbers >= 0 (got {','.join(map(str, self.radii))}).")
+        if not (self.first_look >= 1 and float(self.first_look).is_integer()):
+            raise CadisError(f"first_look must be a whole number >= 1 (got {self.first_look}).")
+
     def to_json(self) -> dict[str, Any]:
         return {"tolerance": self.tolerance, "radii": list(self.radii), "first_look": self.first_look,
                 "rule": self.rule}
@@ -82,8 +94,9 @@ def _radius(sigma: float, p: float) -> float:
 
 
 def decided(now: float, best: float, tolerance: float, radii: Sequence[float]) -> bool:
-    """True when more draws no longer matter: with `radii`, when none of them lies in (now, best], so a
-    certified-accuracy table at those radii cannot change; without, when best is within `tolerance`."""
+    """True when more draws are not expected to matter: with `radii`, when none of them lies in (now, best],
+    where `best` is the projection of what the full budget gives; without, when best is within `tolerance`.
+    `best` is a projection at the upper confidence bound, not a bound on what more draws can do."""
     if now == -np.inf:  # nothing certified yet
         return False
     if len(radii) > 0:
@@ -95,7 +108,7 @@ def certify_sequential(draw: Callable[[int], np.ndarray], sigma: float, n0: int,
                        tolerance: float, radii: Sequence[float] = (), first_look: int = FIRST_LOOK) -> Certificate:
     """Adaptive CERTIFY over a draw source: `draw(k)` returns the class counts of k fresh draws of f(x + δ)."""
     check_parameters(sigma=sigma, alpha=alpha, n0=n0, n=n)
-    if tolerance < 0:
+    if not tolerance >= 0:  # inf: stop at the first look that certifies anything
         raise CadisError(f"tolerance must be >= 0 (got {tolerance}).")
     looks = look_schedule(n, first_look)
     levels = look_levels(alpha, len(looks))
@@ -108,8 +121,9 @@ def certify_sequential(draw: Callable[[int], np.ndarray], sigma: float, n0: int,
         p_a = lower_confidence_bound(n_a, drawn, level)
         if drawn == n:
             break
-        # What the full budget could still certify, optimistically: the remaining draws vote c_A at
-        # the upper confidence bound on p_A. Any stopping rule keeps the union bound; this one is efficient.
+        # A projection of what the full budget would certify: the remaining draws vote c_A at the upper
+        # confidence bound on p_A. A heuristic (more draws can still cross a radius); any stopping rule keeps
+        # the union bound, so the certificate stays sound whatever it decides.
         upper = upper_confidence_bound(n_a, drawn, level)
         best = lower_confidence_bound(n_a + math.ceil((n - drawn) * upper), n, levels[-1])
         if best < 0.5 or upper < 0.5:

@@ -126,7 +126,9 @@ class DiffusionDenoiser(torch.nn.Module):
         """Denoise x + σ·δ (in [0, 1]) back to [0, 1].
 
         mode="one-shot" predicts x̂0 from a single ε̂ (the default, used for certification);
-        mode="multistep" runs `steps` reverse steps of `sampler` ("ddpm" or "ddim") from t* to 0.
+        mode="multistep" runs `steps` reverse steps of `sampler` ("ddpm" or "ddim") from t* to 0. DDPM steps
+        draw noise from `generator` (None: torch's global generator, so results do not repeat); certification
+        passes the stream of the image's seed (`DenoisedSmoothing.sample_counts`), so its rows repeat.
         Gradients flow to the input (callers wrap in inference_mode when they need none).
         """
         t = self.timestep(sigma)

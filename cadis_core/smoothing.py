@@ -6,6 +6,7 @@ The smoothed classifier is g(x) = argmax_c P[f(x + δ) = c], δ ~ N(0, σ²I).
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,15 +35,15 @@ def upper_confidence_bound(k: int, n: int, alpha: float) -> float:
 
 def check_parameters(sigma: float | None = None, alpha: float | None = None,
                      n0: int | None = None, n: int | None = None) -> None:
-    """Raise a CadisError that says what to change for parameters outside their range."""
-    if sigma is not None and not sigma > 0:
-        raise CadisError(f"sigma must be > 0 (got {sigma}); try 0.25 or 0.5.")
+    """Raise a CadisError that says what to change for parameters outside their range (nan and inf included)."""
+    if sigma is not None and not (0 < sigma < math.inf):
+        raise CadisError(f"sigma must be a finite number > 0 (got {sigma}); try 0.25 or 0.5.")
     if alpha is not None and not 0 < alpha < 0.5:
         raise CadisError(f"alpha must be in (0, 0.5) (got {alpha}); 0.001 is usual.")
-    if n0 is not None and n0 < 1:
-        raise CadisError(f"n0 must be >= 1 (got {n0}); 100 is usual.")
-    if n is not None and n < 1:
-        raise CadisError(f"n must be >= 1 (got {n}); 10000 or more is usual.")
+    if n0 is not None and not (n0 >= 1 and float(n0).is_integer()):
+        raise CadisError(f"n0 must be a whole number >= 1 (got {n0}); 100 is usual.")
+    if n is not None and not (n >= 1 and float(n).is_integer()):
+        raise CadisError(f"n must be a whole number >= 1 (got {n}); 10000 or more is usual.")
 
 
 @dataclass
@@ -106,7 +107,8 @@ class Smooth:
         check_parameters(alpha=alpha, n=n)
         counts = self.sample_counts(x, n, self.generator(x, seed))
         top2 = counts.argsort()[::-1][:2]
-        n_a, n_b = int(counts[top2[0]]), int(counts[top2[1]])
+        n_a = int(counts[top2[0]])
+        n_b = int(counts[top2[1]]) if len(top2) > 1 else 0  # one class: its runner-up has no votes
         p_value = float(binomtest(n_a, n_a + n_b, 0.5).pvalue) if n_a + n_b else 1.0
         return Prediction(int(top2[0]) if p_value <= alpha else ABSTAIN, n_a, n_b, p_value)
 
@@ -152,13 +154,30 @@ class DenoisedSmoothing(Smooth):
                  **denoise_kwargs):
         self.denoiser, self.classifier = denoiser, classifier
         self.mode, self.denoise_kwargs = mode, denoise_kwargs
+        self._stream: torch.Generator | None = None  # the generator of the draws being sampled
         self._prepared_fns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         super().__init__(self.classify_noisy, classifier.num_classes, sigma, batch_size, acceleration,
                          (denoiser, classifier))
         denoiser.timestep(sigma)  # fail now if σ is beyond the scheduler's range
 
-    def denoise(self, noisy: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(noisy, self.sigma, mode=self.mode, **self.denoise_kwargs)
+    def denoise(self, noisy: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x̂ from x + δ. Multistep denoising draws noise of its own: from `generator` if given, else from the
+        stream of the image being sampled (so its rows repeat), else from torch's global generator."""
+        kwargs = self.denoise_kwargs
+        if self.mode == "multistep":
+            kwargs = {**kwargs, "generator": generator or self._stream}
+        return self.denoiser(noisy, self.sigma, mode=self.mode, **kwargs)
+
+    def sample_counts(self, x: torch.Tensor, num: int, generator: torch.Generator,
+                      progress: Callable[[int], None] | None = None,
+                      heads: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None) -> np.ndarray:
+        """As `Smooth.sample_counts`; multistep denoising draws from the same stream as the noise (the image's
+        seed), after each batch's noise, so a run repeats row for row."""
+        self._stream = generator
+        try:
+            return super().sample_counts(x, num, generator, progress, heads)
+        finally:
+            self._stream = None
 
     def classify_noisy(self, noisy: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.denoise(noisy))

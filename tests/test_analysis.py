@@ -123,3 +123,96 @@ def test_envelope_takes_the_best_sigma_per_radius_and_method():
     results["a other images"] = run("a", 0.5, [1.0] * 4, [1] * 4).assign(idx=[5, 6, 7, 8])
     with pytest.raises(CadisError, match="different images"):
         envelope_table(results)
+
+
+# ---------------------------------------------------------------- radii recomputed from the counts
+
+
+class _Votes:
+    """A base classifier whose selection draws all vote class 0, and whose estimation draws vote class 0
+    exactly `votes` times (the first ones), class 1 otherwise: CERTIFY then counts `votes` of n."""
+
+    def __init__(self, n0: int, votes: int):
+        self.n0, self.votes = n0, votes
+
+    def __call__(self, noisy):
+        import torch
+
+        classes = torch.zeros(len(noisy), dtype=torch.long)
+        if len(noisy) != self.n0:
+            classes[self.votes:] = 1
+        return torch.nn.functional.one_hot(classes, 2).float()
+
+
+def _certify_votes(out, votes: int, n: int = 10_000, sigma: float = 0.5, alpha: float = 0.001, **config):
+    import torch
+
+    from cadis_core.data import ImageDataset
+    from cadis_core.runner import CertifyConfig, certify_dataset
+    from cadis_core.smoothing import Smooth
+
+    data = ImageDataset(torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long), ["a", "b"], "toy")
+    smooth = Smooth(_Votes(10, votes), 2, sigma, batch_size=n)
+    cfg = CertifyConfig(denoiser="none", classifier="votes", dataset="toy", sigma=sigma, n0=10, n=n, alpha=alpha,
+                        batch_size=n, **config)
+    certify_dataset(smooth, data, out, cfg)
+
+
+def test_a_radius_just_below_a_listed_radius_is_not_counted_there(tmp_path, capsys):
+    # N=10^4, σ=0.5, α=0.001, 7057 votes: R = 0.249957, which rounding to nearest wrote as 0.2500.
+    from cadis_core.smoothing import lower_confidence_bound, radius
+
+    exact = radius(0.5, lower_confidence_bound(7057, 10_000, 0.001))
+    assert 0.2499 < exact < 0.25
+    out = tmp_path / "edge.tsv"
+    _certify_votes(out, 7057)
+    row = out.read_text().splitlines()[1].split("\t")
+    assert (row[2], row[3], row[6], row[7]) == ("0", "0.2499", "7057", "10000")
+    assert main(["analyze", str(out), "--radii", "0,0.2499,0.25"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| edge"))
+    assert [c.strip() for c in line.split("|")[4:7]] == ["1.000", "1.000", "0.000"]  # r=0, r=0.2499, r=0.25
+    # A file written before (radius rounded to nearest): analyze recomputes from the counts all the same.
+    out.write_text(out.read_text().replace("\t0.2499\t", "\t0.2500\t"))
+    df = read_results(out)
+    assert df["radius"].iloc[0] == pytest.approx(exact, abs=1e-15)
+    assert certified_accuracy(df, [0.25]).tolist() == [0.0]
+
+
+def test_adaptive_rows_are_recomputed_at_their_looks_level(tmp_path):
+    from cadis_core.adaptive import AdaptiveSettings, look_levels
+    from cadis_core.smoothing import lower_confidence_bound
+
+    out = tmp_path / "adaptive.tsv"
+    _certify_votes(out, 1000, n=1000, sigma=0.25, adaptive=AdaptiveSettings(0.025, (0.25, 0.5)))
+    written = out.read_text().splitlines()[1].split("\t")
+    n = int(written[7])
+    assert n < 1000  # it stopped early, at a look whose level is α/6
+    df = read_results(out)
+    level = look_levels(0.001, 4)[[125, 250, 500, 1000].index(n)]
+    assert df["p_a_lower"].iloc[0] == lower_confidence_bound(n, n, level)
+    assert 0 <= df["p_a_lower"].iloc[0] - float(written[8]) < 1e-6
+    # Without the sidecar the look is unknown: the file's radius, or the one at α if smaller, is kept.
+    (tmp_path / "adaptive.json").unlink()
+    assert read_results(out)["radius"].iloc[0] == float(written[3])
+
+
+def test_analyze_alpha_recertifies_from_the_counts(tmp_path, capsys):
+    from cadis_core.smoothing import lower_confidence_bound, radius
+
+    out = tmp_path / "alpha.tsv"
+    _certify_votes(out, 9000, n=1000, sigma=0.25)  # every estimation draw votes class 0
+    header, row = out.read_text().splitlines()
+    abstain = row.split("\t")
+    abstain[0], abstain[2], abstain[3], abstain[6] = "1", "-1", "0.0000", "505"  # 505 of 1000: abstains at α=0.001
+    out.write_text(f"{header}\n{row}\n{chr(9).join(abstain)}\n")
+    df = read_results(out, alpha=0.1)
+    assert df["radius"].iloc[0] == radius(0.25, lower_confidence_bound(1000, 1000, 0.1))
+    assert df["predict"].tolist() == [0, -1]  # the abstain's class was not recorded
+    assert lower_confidence_bound(505, 1000, 0.4) >= 0.5
+    assert main(["analyze", str(out), "--alpha", "0.4"]) == 0
+    text = capsys.readouterr().out
+    assert "Re-certified from the stored counts at α=0.4" in text and "1 image(s) abstained" in text
+    cohen = tmp_path / "cohen.tsv"
+    _write(cohen, [(0, 1, 1, 0.5, 1, 0)])
+    with pytest.raises(CadisError, match="keeps no counts"):
+        read_results(cohen, alpha=0.01)

@@ -118,3 +118,20 @@ def test_missing_denoiser_directory_is_a_clear_error(tmp_path):
         DiffusionDenoiser.from_pretrained(tmp_path / "nope")
     with pytest.raises(CadisError, match="Could not load"):
         DiffusionDenoiser.from_pretrained(tmp_path)  # exists but empty
+
+
+def test_multistep_smoothing_draws_the_denoisers_noise_from_the_images_stream(tiny_denoiser_dir):
+    from cadis_core.classifier import ImageClassifier
+    from cadis_core.smoothing import DenoisedSmoothing
+
+    from conftest import make_tiny_vit
+
+    den = DiffusionDenoiser.from_pretrained(tiny_denoiser_dir)
+    clf = ImageClassifier(make_tiny_vit().eval(), (1, 28, 28), (0.5,), (0.5,))
+    smooth = DenoisedSmoothing(den, clf, 0.25, batch_size=8, mode="multistep", steps=3)
+    x = torch.rand(1, 28, 28)
+    torch.manual_seed(1)
+    a = smooth.sample_counts(x, 16, smooth.generator(x, 5))
+    torch.manual_seed(2)  # the global generator plays no part
+    b = smooth.sample_counts(x, 16, smooth.generator(x, 5))
+    assert (a == b).all() and smooth._stream is None

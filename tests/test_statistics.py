@@ -99,3 +99,20 @@ def test_binom_test_is_not_used_anywhere():
 
     root = Path(__file__).resolve().parent.parent / "cadis_core"
     assert not [f for f in root.rglob("*.py") if "binom_test(" in f.read_text()]
+
+
+def test_predict_works_with_a_single_class():
+    smooth, x = smooth_with([1.0])
+    pred = smooth.predict(x, n=50, alpha=0.001, seed=0)
+    assert (pred.prediction, pred.count_a, pred.count_b) == (0, 50, 0) and pred.p_value == 2 * 0.5**50
+    assert smooth.certify(x, 10, 50, 0.001).prediction == 0
+
+
+@pytest.mark.parametrize("kwargs", [dict(sigma=float("nan")), dict(sigma=float("inf")), dict(alpha=float("nan")),
+                                    dict(n=float("inf")), dict(n0=2.5), dict(n=0)])
+def test_parameters_out_of_range_or_not_finite_are_refused(kwargs):
+    from cadis_core.errors import CadisError
+    from cadis_core.smoothing import check_parameters
+
+    with pytest.raises(CadisError, match="must be"):
+        check_parameters(**kwargs)

@@ -12,8 +12,15 @@ from . import analyze, certify, finetune, results, zoo
 COMMANDS = {"certify": certify, "analyze": analyze, "results": results, "zoo": zoo, "finetune": finetune}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the message and where to read the flags, without the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (`{self.prog} --help` lists the flags)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cadis_core", description=__doc__)
+    parser = Parser(prog="python -m cadis_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS.values():
         command.add_parser(sub)
@@ -24,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--"]:  # `torchrun ... -m cadis_core -- certify ...` keeps torchrun's parser off our flags
         argv = argv[1:]
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a flag refused (one line on stderr), or --help
+        return e.code if isinstance(e.code, int) else 2
     try:
         COMMANDS[args.command].run(args)
     except CadisError as e:

@@ -6,33 +6,38 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from . import checks
+
     zoo = sub.add_parser("zoo", help="train and document the embedded default's models")
     zsub = zoo.add_subparsers(dest="zoo_command", required=True)
     for name, steps, bs, lr, wd, warm in [("train-denoiser", 10000, 64, 1e-3, 0.0, 200),
                                          ("train-classifier", 12000, 128, 2e-3, 0.05, 600)]:
         p = zsub.add_parser(name, help=f"resumable training ({name})")
         kind = name.split("-")[1]
-        p.add_argument("--out", default=f"runs/zoo/{kind}", help="checkpoints and loss log (resumes if present)")
+        p.add_argument("--out", type=checks.folder, default=f"runs/zoo/{kind}",
+                       help="checkpoints and loss log (resumes if present)")
         p.add_argument("--export", default=f"assets/models/fmnist-{'ddpm' if kind == 'denoiser' else 'vit'}")
-        p.add_argument("--steps", type=int, default=steps)
-        p.add_argument("--batch-size", type=int, default=bs)
-        p.add_argument("--lr", type=float, default=lr)
-        p.add_argument("--weight-decay", type=float, default=wd)
-        p.add_argument("--warmup", type=int, default=warm)
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-        p.add_argument("--checkpoint-minutes", type=float, default=3.0)
-        p.add_argument("--stop-at", type=int, default=None, help="checkpoint and stop at this step (re-run to go on)")
+        p.add_argument("--steps", type=checks.integer(1), default=steps)
+        p.add_argument("--batch-size", type=checks.integer(1), default=bs)
+        p.add_argument("--lr", type=checks.real(0, lo_open=True, hint="e.g. 1e-3"), default=lr)
+        p.add_argument("--weight-decay", type=checks.real(0), default=wd)
+        p.add_argument("--warmup", type=checks.integer(0), default=warm)
+        p.add_argument("--seed", type=checks.seed, default=0)
+        p.add_argument("--threads", type=checks.integer(0), default=0, help="torch CPU threads (0: torch's default)")
+        p.add_argument("--checkpoint-minutes", type=checks.real(0, lo_open=True), default=3.0)
+        p.add_argument("--stop-at", type=checks.integer(1), default=None,
+                       help="checkpoint and stop at this step (re-run to go on)")
         p.add_argument("--init-from", help="an exported model directory to start from (a second training stage)")
         if kind == "denoiser":
             p.add_argument("--beta-schedule", default="linear", choices=["linear", "squaredcos_cap_v2"])
     card = zsub.add_parser("card", help="measure the embedded models and write assets/models/README.md")
     card.add_argument("--denoiser", default="assets/models/fmnist-ddpm")
     card.add_argument("--classifier", default="assets/models/fmnist-vit")
-    card.add_argument("--out", default="assets/models", help="where README.md, card.json and images go")
-    card.add_argument("--seed", type=int, default=0)
-    card.add_argument("--limit", type=int, default=None, help="measure on the first K test images only")
-    card.add_argument("--threads", type=int, default=0)
+    card.add_argument("--out", type=checks.folder, default="assets/models",
+                      help="where README.md, card.json and images go")
+    card.add_argument("--seed", type=checks.seed, default=0)
+    card.add_argument("--limit", type=checks.integer(1), default=None, help="measure on the first K test images only")
+    card.add_argument("--threads", type=checks.integer(0), default=0)
 
 
 def run(args: argparse.Namespace) -> None:
