@@ -45,7 +45,7 @@ def score_draws(smooth: DenoisedSmoothing, x: torch.Tensor, label: int | None, n
     out = []
     with torch.inference_mode(), smooth.acceleration.autocast(x.device):
         noisy = torch.randn((num, *x.shape), generator=gen, device=x.device).mul_(smooth.sigma).add_(x)
-        denoised = torch.cat([smooth.denoise(b) for b in noisy.split(smooth.batch_size)])
+        denoised = torch.cat([smooth.denoise(b, generator=gen) for b in noisy.split(smooth.batch_size)])
         for classifier in classifiers:
             probs = torch.cat([classifier(b).float().softmax(1) for b in denoised.split(smooth.batch_size)])
             confidence, top1 = probs.max(1)

@@ -171,7 +171,6 @@ def run_hallucination(sigmas=SIGMAS, images: int = 500, draws: int = 4, multiste
         for mode, count in (("one-shot", images), ("multistep", multistep_images if sigma == 1.0 else 0)):
             if not count:
                 continue
-            torch.manual_seed(seed)  # the DDPM sampler's own noise in multistep mode
             smooth = DenoisedSmoothing(denoiser, base, sigma, 256, mode=mode)
             picked = [(str(i), test.images[i], int(test.labels[i])) for i in range(min(count, len(test)))]
             frame = draws_frame(score_images(smooth, picked, draws, classifiers, seed), classes)
