@@ -15,17 +15,10 @@ import gradio as gr
 from cadis_core.errors import CadisError
 from cadis_core.hallucination import score_draws
 from cadis_core.smoothing import ABSTAIN
-from cadis_core.ui_support import (
-    ModelBundle,
-    certify_one,
-    check_run_parameters,
-    image_from_path,
-    is_custom,
-    load_bundle,
-    model_source,
-    to_uint8,
-    top_counts,
-)
+from cadis_core.ui.certification import certify_one, top_counts
+from cadis_core.ui.models import ModelBundle, is_custom, load_bundle, model_source
+from cadis_core.ui.pictures import to_uint8
+from cadis_core.ui.uploads import check_run_parameters, image_from_path
 
 GALLERY_DRAWS = 16
 

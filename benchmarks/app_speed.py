@@ -125,7 +125,8 @@ def main() -> None:
     import torch
     from streamlit.testing.v1 import AppTest
 
-    from cadis_core.ui_support import certify_one, load_bundle, model_source
+    from cadis_core.ui.certification import certify_one
+    from cadis_core.ui.models import load_bundle, model_source
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,6 +1,6 @@
 """Streamlit plumbing shared by the pages: cached models, the model choice, the image picker, error display.
 
-Pages stay thin views; everything that is not Streamlit lives in cadis_core (ui_support, analysis, ...).
+Pages stay thin views; everything that is not Streamlit lives in cadis_core (cadis_core.ui, analysis, ...).
 """
 
 from __future__ import annotations
@@ -18,15 +18,8 @@ from cadis_core.data import load_dataset
 from cadis_core.errors import CadisError
 from cadis_core.loading import load_classifier
 from cadis_core.presets import SEARCH_ROOTS, Preset
-from cadis_core.ui_support import (
-    IMAGE_TYPES,
-    ModelBundle,
-    finetuned_models,
-    image_from_bytes,
-    load_bundle,
-    model_source,
-    pick_indices,
-)
+from cadis_core.ui.models import ModelBundle, finetuned_models, load_bundle, model_source
+from cadis_core.ui.uploads import IMAGE_TYPES, image_from_bytes, pick_indices
 
 if os.environ.get("CADIS_TORCH_THREADS"):  # e.g. 1 when other jobs keep the cores busy (oversubscription is slow)
     torch.set_num_threads(int(os.environ["CADIS_TORCH_THREADS"]))

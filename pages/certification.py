@@ -14,7 +14,8 @@ from cadis_core.analysis import (
     summary_table,
 )
 from cadis_core.errors import CadisError
-from cadis_core.ui_support import certificate_row, certify_one, load_results, result_files, session_results, to_uint8
+from cadis_core.ui.certification import certificate_row, certify_one, load_results, result_files, session_results
+from cadis_core.ui.pictures import to_uint8
 from pages._common import bundle, image_picker, route_through_app
 
 route_through_app()  # first: a deep link must still go through app.py

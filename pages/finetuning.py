@@ -12,7 +12,8 @@ from cadis_core.errors import CadisError
 from cadis_core.finetune import FinetuneConfig
 from cadis_core.objective import METHODS
 from cadis_core.training_curves import comparison_figure, curves_figure, read_metrics
-from cadis_core.ui_support import FinetuneJob, finetuned_models, runs_dir
+from cadis_core.ui.jobs import FinetuneJob
+from cadis_core.ui.models import finetuned_models, runs_dir
 from pages._common import bundle, route_through_app, train_split
 
 route_through_app()  # first: a deep link must still go through app.py

@@ -9,7 +9,9 @@ import streamlit as st
 
 from cadis_core.errors import CadisError
 from cadis_core.hallucination import class_rates, detector_summary, draws_frame, roc_curve, score_images
-from cadis_core.ui_support import check_run_parameters, data_uri, runs_dir, strip, to_uint8
+from cadis_core.ui.models import runs_dir
+from cadis_core.ui.pictures import data_uri, strip, to_uint8
+from cadis_core.ui.uploads import check_run_parameters
 from pages._common import (
     OFF_THE_SHELF,
     bundle,

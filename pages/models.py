@@ -8,7 +8,7 @@ import streamlit as st
 
 from cadis_core.errors import CadisError
 from cadis_core.presets import PRESETS
-from cadis_core.ui_support import finetuned_models, model_source
+from cadis_core.ui.models import finetuned_models, model_source
 from pages._common import current_source, load_bundle_for, route_through_app
 
 route_through_app()  # first: a deep link must still go through app.py

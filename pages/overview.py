@@ -5,7 +5,8 @@ import streamlit as st
 import torch
 
 from cadis_core.hallucination import score_draws
-from cadis_core.ui_support import is_custom, to_uint8
+from cadis_core.ui.models import is_custom
+from cadis_core.ui.pictures import to_uint8
 from pages._common import bundle, errors_shown, route_through_app
 
 route_through_app()  # first: a deep link must still go through app.py

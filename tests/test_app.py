@@ -1,4 +1,4 @@
-"""The Streamlit app (AppTest, every page and its main controls) and the pure helpers in cadis_core.ui_support.
+"""The Streamlit app (AppTest, every page and its main controls) and the pure helpers in cadis_core.ui.
 
 Models: $CADIS_TEST_MODELS = `preset` (assets/models), `tiny` (random tiny models from conftest) or a directory
 holding fmnist-ddpm/ and fmnist-vit/; by default the preset when its assets exist, else the tiny models.
@@ -24,16 +24,9 @@ from scipy.stats import norm
 from cadis_core.errors import CadisError
 from cadis_core.loading import load_classifier
 from cadis_core.smoothing import lower_confidence_bound
-from cadis_core.ui_support import (
-    MAX_UPLOAD_BYTES,
-    certify_one,
-    check_run_parameters,
-    finetuned_models,
-    image_from_bytes,
-    load_bundle,
-    model_source,
-    pick_indices,
-)
+from cadis_core.ui.certification import certify_one
+from cadis_core.ui.models import finetuned_models, load_bundle, model_source
+from cadis_core.ui.uploads import MAX_UPLOAD_BYTES, check_run_parameters, image_from_bytes, pick_indices
 
 from conftest import model_env
 
@@ -355,7 +348,7 @@ def test_missing_models_give_an_error_on_every_page(monkeypatch):
             assert any("/nonexistent/fmnist-ddpm does not exist" in e.value for e in at.error), page
 
 
-# ---------------------------------------------------------------- ui_support
+# ---------------------------------------------------------------- cadis_core.ui
 
 
 @pytest.mark.parametrize("mode, shape", [("L", (50, 70)), ("RGB", (600, 400, 3)), ("RGBA", (28, 28, 4)),
@@ -398,7 +391,8 @@ def test_float_and_16_bit_uploads_are_rescaled():
 
 
 def test_ui_support_imports_no_ui_library():
-    code = "import sys, cadis_core.ui_support; print(sorted({'streamlit', 'gradio'} & set(sys.modules)))"
+    code = ("import sys, cadis_core.ui.certification, cadis_core.ui.jobs, cadis_core.ui.pictures; "
+            "print(sorted({'streamlit', 'gradio'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
