@@ -1,6 +1,7 @@
 """Streamlit plumbing shared by the pages: cached models, the model choice, the image picker, error display.
 
-Pages stay thin views; everything that is not Streamlit lives in cadis_core (cadis_core.ui, analysis, ...).
+Pages stay thin views; everything that is not Streamlit lives in cadis_core (cadis_core.ui, analysis, ...), and
+pages import what they need from there directly.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from cadis_core.data import load_dataset
 from cadis_core.errors import CadisError
 from cadis_core.loading import load_classifier
 from cadis_core.presets import SEARCH_ROOTS, Preset
-from cadis_core.ui.models import ModelBundle, finetuned_models, load_bundle, model_source
+from cadis_core.ui.models import ModelBundle, load_bundle, model_source
 from cadis_core.ui.uploads import IMAGE_TYPES, image_from_bytes, pick_indices
 
 if os.environ.get("CADIS_TORCH_THREADS"):  # e.g. 1 when other jobs keep the cores busy (oversubscription is slow)
@@ -29,8 +30,9 @@ Image = tuple[str, torch.Tensor, int | None]  # (name, C×H×W tensor, label or 
 
 
 @st.cache_resource(show_spinner="Loading the denoiser and classifier …", max_entries=3)
-def _bundle(preset: str, denoiser: str, classifier: str) -> ModelBundle:
-    # Cached per process: every session shares one copy of the models (and its lock).
+def cached_bundle(preset: str, denoiser: str, classifier: str) -> ModelBundle:
+    """The models of (preset, denoiser, classifier), cached per process: every session shares one copy (and its
+    lock)."""
     return load_bundle(model_source(preset, denoiser, classifier))
 
 
@@ -73,23 +75,28 @@ def bundle() -> ModelBundle:
     """The session's models, or an error box and a stopped page."""
     try:
         p = current_source()
-        return _bundle(p.name, p.denoiser, p.classifier)
+        return cached_bundle(p.name, p.denoiser, p.classifier)
     except CadisError as e:
         st.error(str(e))
         st.page_link("pages/models.py", label="Choose other models on the Models page", icon=":material/extension:")
         st.stop()
 
 
-def load_bundle_for(preset: str, denoiser: str, classifier: str) -> ModelBundle:
-    return _bundle(preset, denoiser, classifier)
-
-
-def finetuned_choices() -> dict[str, Path]:
-    return finetuned_models()
-
-
 def finetuned_classifier(path: Path) -> torch.nn.Module:
+    """A fine-tuned classifier, cached per process and reloaded when its directory is saved again."""
     return _finetuned(str(path), path.stat().st_mtime)
+
+
+def keep_selection(key: str, options: list[str], default: list[str], joinable: list[str] | None = None) -> None:
+    """Prepare the value of multiselect `key` before it is drawn: the first time `default`; after that, options
+    that appeared since the last rerun (of `joinable`, if given; e.g. a run that just finished) join the
+    selection, and options that went away leave it."""
+    first = f"{key}_seen" not in st.session_state
+    seen = st.session_state.setdefault(f"{key}_seen", set())
+    previous = st.session_state.get(key, default)
+    new = [] if first else [k for k in (options if joinable is None else joinable) if k not in seen]
+    st.session_state[key] = list(dict.fromkeys([*new, *[k for k in previous if k in options]]))
+    seen.update(options)
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from cadis_core.analysis import (
 from cadis_core.errors import CadisError
 from cadis_core.ui.certification import certificate_row, certify_one, load_results, result_files, session_results
 from cadis_core.ui.pictures import to_uint8
-from pages._common import bundle, image_picker, route_through_app
+from pages._common import bundle, image_picker, keep_selection, route_through_app
 
 route_through_app()  # first: a deep link must still go through app.py
 
@@ -82,12 +82,7 @@ if not runs:
     st.info("No results yet: none shipped in assets/results/, none under runs/, and no labelled image certified "
             "in this session. Certify test images above, or run `python -m cadis_core certify …`.")
 else:
-    seen = st.session_state.setdefault("cert_seen", set())
-    previous = st.session_state.get("cert_runs", list(runs)[:6])
-    # runs certified since the last rerun join the comparison; runs that went away leave it
-    st.session_state["cert_runs"] = list(dict.fromkeys([*[k for k in session if k not in seen],
-                                                        *[k for k in previous if k in runs]]))
-    seen.update(runs)
+    keep_selection("cert_runs", list(runs), list(runs)[:6], joinable=list(session))  # runs certified since join
     chosen = st.multiselect("Runs (methods, σ)", list(runs), key="cert_runs")
     if chosen:
         picked = {k: runs[k] for k in chosen}

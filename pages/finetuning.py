@@ -14,7 +14,7 @@ from cadis_core.objective import METHODS
 from cadis_core.training_curves import comparison_figure, curves_figure, read_metrics
 from cadis_core.ui.jobs import FinetuneJob
 from cadis_core.ui.models import finetuned_models, runs_dir
-from pages._common import bundle, route_through_app, train_split
+from pages._common import bundle, keep_selection, route_through_app, train_split
 
 route_through_app()  # first: a deep link must still go through app.py
 
@@ -142,12 +142,7 @@ for name, path in finetuned_models().items():
 if not with_metrics:
     st.info("No finished run with a metrics log yet.")
 else:
-    # runs that appeared since the last rerun (one just finished) join the selection; vanished ones leave it
-    seen = st.session_state.setdefault("ft_past_seen", set())
-    previous = st.session_state.get("ft_past", list(with_metrics)[:4])
-    st.session_state["ft_past"] = list(dict.fromkeys([*[k for k in with_metrics if seen and k not in seen],
-                                                      *[k for k in previous if k in with_metrics]]))
-    seen.update(with_metrics)
+    keep_selection("ft_past", list(with_metrics), list(with_metrics)[:4])  # a run that just finished joins
     picked = st.multiselect("Runs", list(with_metrics), key="ft_past")
     if picked:
         st.plotly_chart(comparison_figure({k: with_metrics[k] for k in picked}), key="ft_compare")

@@ -9,17 +9,10 @@ import streamlit as st
 
 from cadis_core.errors import CadisError
 from cadis_core.hallucination import class_rates, detector_summary, draws_frame, roc_curve, score_images
-from cadis_core.ui.models import runs_dir
+from cadis_core.ui.models import finetuned_models, runs_dir
 from cadis_core.ui.pictures import data_uri, strip, to_uint8
 from cadis_core.ui.uploads import check_run_parameters
-from pages._common import (
-    OFF_THE_SHELF,
-    bundle,
-    finetuned_choices,
-    finetuned_classifier,
-    image_picker,
-    route_through_app,
-)
+from pages._common import OFF_THE_SHELF, bundle, finetuned_classifier, image_picker, route_through_app
 
 route_through_app()  # first: a deep link must still go through app.py
 
@@ -39,7 +32,7 @@ mode = c3.radio("Denoiser", ["one-shot", "multistep"], key="hal_mode", horizonta
 steps = int(c3.slider("Reverse steps", 2, 50, 10, key="hal_steps")) if mode == "multistep" else 10
 seed = int(c4.number_input("Noise seed", 0, 10**6, 0, key="hal_seed"))
 
-choices = finetuned_choices()
+choices = finetuned_models()
 if choices:
     own = [(path.stat().st_mtime, i) for i, path in enumerate(choices.values()) if runs_dir() in path.parents]
     tuned = st.selectbox("Fine-tuned classifier to compare", ["(none)", *choices], key="hal_tuned",

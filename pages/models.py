@@ -9,7 +9,7 @@ import streamlit as st
 from cadis_core.errors import CadisError
 from cadis_core.presets import PRESETS
 from cadis_core.ui.models import finetuned_models, model_source
-from pages._common import current_source, load_bundle_for, route_through_app
+from pages._common import cached_bundle, current_source, route_through_app
 
 route_through_app()  # first: a deep link must still go through app.py
 
@@ -39,7 +39,7 @@ if use:
     try:
         p = model_source(preset, denoiser.strip() or None, classifier.strip() or None)
         with st.spinner("Loading …"):
-            b = load_bundle_for(p.name, p.denoiser, p.classifier)
+            b = cached_bundle(p.name, p.denoiser, p.classifier)
         st.session_state["model_choice"] = (p.name, p.denoiser, p.classifier)
         st.success(f"Using {p.name}: {len(b.classes)} classes, input {b.input_shape}. The other pages now use "
                    "these models.")
