@@ -297,7 +297,7 @@ def test_finetuning_live_run_then_compare(bundle):
     at.run()
     assert name in at.multiselect(key="ft_past").value
     assert_clean(at)
-    compare = next(c for c in at.get("plotly_chart") if '"test accuracy on denoised images"' in c.proto.spec)
+    compare = next(c for c in at.get("plotly_chart") if c.proto.id.endswith("ft_compare"))
     assert f'"name":"{name}"' in compare.proto.spec.replace(" ", "")
 
     at.switch_page("pages/hallucinations.py").run()
