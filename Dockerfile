@@ -19,6 +19,7 @@ RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu 
 
 # Only what the app needs: no runs/, tests or git history in the image.
 COPY --chown=user app.py gradio_app.py ./
+COPY --chown=user .streamlit .streamlit
 COPY --chown=user pages pages
 COPY --chown=user cadis_core cadis_core
 COPY --chown=user assets assets

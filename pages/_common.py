@@ -20,7 +20,7 @@ from cadis_core.errors import CadisError
 from cadis_core.loading import load_classifier
 from cadis_core.presets import SEARCH_ROOTS, Preset
 from cadis_core.ui.models import ModelBundle, load_bundle, model_source
-from cadis_core.ui.uploads import IMAGE_TYPES, image_from_bytes, pick_indices
+from cadis_core.ui.uploads import IMAGE_TYPES, MAX_UPLOAD_BYTES, image_from_bytes, pick_indices
 
 if os.environ.get("CADIS_TORCH_THREADS"):  # e.g. 1 when other jobs keep the cores busy (oversubscription is slow)
     torch.set_num_threads(int(os.environ["CADIS_TORCH_THREADS"]))
@@ -156,8 +156,10 @@ def image_picker(b: ModelBundle, key: str, default_count: int = 8) -> list[Image
 
 
 def _uploads(b: ModelBundle, key: str) -> list[Image] | None:
+    mb = MAX_UPLOAD_BYTES // 2**20  # the server refuses bigger files before reading them (.streamlit/config.toml)
     files = st.file_uploader("Upload images", type=IMAGE_TYPES, accept_multiple_files=True, key=f"{key}_files",
-                             help="Any size or colour mode up to 20 MB / 4096 px: converted to the model's "
+                             max_upload_size=mb,
+                             help=f"Any size or colour mode up to {mb} MB / 4096 px: converted to the model's "
                                   f"{'grayscale' if b.input_shape[0] == 1 else 'RGB'} "
                                   f"{b.input_shape[1]}×{b.input_shape[2]} input.")
     c1, c2 = st.columns(2)

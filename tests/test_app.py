@@ -203,6 +203,22 @@ def test_bad_upload_shows_an_error(name, data, message):
     assert at.button(key="cert_run").disabled  # nothing valid to certify
 
 
+def test_an_upload_over_the_limit_is_refused_before_it_is_buffered():
+    # `streamlit run` reads .streamlit/config.toml (the Dockerfile copies it): its server refuses a body over
+    # maxUploadSize from the Content-Length header, before reading it. The widget states the same limit, and what
+    # gets through is checked again by the app.
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] * 2**20 == MAX_UPLOAD_BYTES <= 25 * 2**20
+    assert "COPY --chown=user .streamlit .streamlit" in (ROOT / "Dockerfile").read_text()
+    at = app_at("certification")
+    at.radio(key="cert_how").set_value("Upload").run()
+    assert at.file_uploader(key="cert_files").proto.max_upload_size_mb == config["server"]["maxUploadSize"]
+    at.file_uploader(key="cert_files").upload("big.png", b"\x89PNG" + b"\0" * MAX_UPLOAD_BYTES, "image/png").run()
+    assert any("the limit is 20 MB" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="cert_run").disabled
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("cert_sigma", 0.0, "sigma must be > 0"),
     ("cert_sigma", -0.5, "sigma must be > 0"),
@@ -405,6 +421,27 @@ def test_ui_support_imports_no_ui_library():
 def test_upload_errors(data, message):
     with pytest.raises(CadisError, match=message):
         image_from_bytes(data, (1, 28, 28))
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n%%EndComments\n0 0 moveto 28 28 lineto stroke\n%%EOF\n"
+
+
+def test_uploads_open_only_in_the_intended_formats():
+    assert Image.open(io.BytesIO(EPS)).format == "EPS"  # PIL alone would hand it to Ghostscript on load
+    with pytest.raises(CadisError, match="not an image in a format the app reads"):
+        image_from_bytes(EPS, (1, 28, 28), "shirt.png")
+    for fmt in ["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"]:  # every accepted format still opens
+        assert image_from_bytes(png(np.full((28, 28), 200, np.uint8), fmt), (1, 28, 28)).shape == (1, 28, 28)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_are_refused(value):
+    arr = np.full((28, 28), 0.5, np.float32)
+    arr[3, 4] = value
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "TIFF")
+    with pytest.raises(CadisError, match="non-finite pixels"):
+        image_from_bytes(buf.getvalue(), (1, 28, 28), "float.tif")
 
 
 def test_run_parameter_checks():

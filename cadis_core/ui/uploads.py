@@ -21,16 +21,19 @@ from ..smoothing import check_parameters
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_SIDE = 4096
 IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"]
+# The PIL decoders an upload may reach, whatever its name says: no EPS (Ghostscript), PDF, SVG or other plugin.
+PIL_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 
 
 def image_from_bytes(data: bytes, shape: tuple[int, int, int], name: str = "the file",
                      invert: bool | None = None) -> torch.Tensor:
     """Decode an uploaded image into a C×H×W float tensor in [0, 1] of `shape`, or raise a CadisError.
 
-    Any mode is accepted: alpha is composited onto black, colour is converted to the model's channels,
-    16-bit and float images are rescaled, EXIF rotation is applied, and the image is padded to a square
-    (black) and resized. `invert=None` inverts a single-channel target when the image's border is bright:
-    Fashion-MNIST-style data is a light object on a dark background, photos are usually the opposite."""
+    Only the formats in PIL_FORMATS are decoded, whatever the file's name; non-finite pixels are refused. Any
+    mode is accepted: alpha is composited onto black, colour is converted to the model's channels, 16-bit and
+    float images are rescaled, EXIF rotation is applied, and the image is padded to a square (black) and resized.
+    `invert=None` inverts a single-channel target when the image's border is bright: Fashion-MNIST-style data is a
+    light object on a dark background, photos are usually the opposite."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not data:
@@ -42,7 +45,7 @@ def image_from_bytes(data: bytes, shape: tuple[int, int, int], name: str = "the 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
             w, h = img.size  # read from the header: no pixels decoded yet
             if max(w, h) > MAX_SIDE:
                 raise CadisError(f"{name} is {w}×{h} pixels; the limit is {MAX_SIDE} pixels per side. "
@@ -52,19 +55,22 @@ def image_from_bytes(data: bytes, shape: tuple[int, int, int], name: str = "the 
     except CadisError:
         raise
     except UnidentifiedImageError as e:
-        raise CadisError(f"{name} is not an image PIL can read; upload a "
-                         f"{', '.join(t.upper() for t in IMAGE_TYPES[:5])} file.") from e
+        raise CadisError(f"{name} is not an image in a format the app reads; upload a "
+                         f"{', '.join(PIL_FORMATS[:-1])} or {PIL_FORMATS[-1]} file.") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise CadisError(f"{name} is corrupt or truncated ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                          "; re-export it and upload again.") from e
-    return _to_tensor(img, shape, invert)
+    return _to_tensor(img, shape, invert, name)
 
 
-def _to_tensor(img, shape: tuple[int, int, int], invert: bool | None) -> torch.Tensor:
+def _to_tensor(img, shape: tuple[int, int, int], invert: bool | None, name: str = "the file") -> torch.Tensor:
     from PIL import Image
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise CadisError(f"{name} has non-finite pixels (NaN or infinity); export it with finite values "
+                             "(e.g. as an 8-bit PNG).")
         peak = float(arr.max()) if arr.size else 0.0
         if img.mode.startswith("I;16"):
             top = 65535.0
