@@ -23,9 +23,11 @@ from scipy.stats import norm
 
 from cadis_core.errors import CadisError
 from cadis_core.loading import load_classifier
-from cadis_core.smoothing import lower_confidence_bound
-from cadis_core.ui.certification import certify_one
+from cadis_core.smoothing import Certificate, lower_confidence_bound
+from cadis_core.ui.certification import certificate_row, certify_one
+from cadis_core.ui.hosting import HOSTED_LIMITS, check_limits
 from cadis_core.ui.models import finetuned_models, load_bundle, model_source
+from cadis_core.ui.turns import Turns
 from cadis_core.ui.uploads import MAX_UPLOAD_BYTES, check_run_parameters, image_from_bytes, pick_indices
 
 from conftest import model_env
@@ -263,8 +265,9 @@ def test_certification_small_n(bundle, app_env):
     assert at.image[0].captions[0].startswith("#3 ") and "R = " in at.image[0].captions[1]
     assert len(at.get("plotly_chart")) == 3  # radii bars, accuracy vs radius, per class
     runs_offered = at.multiselect(key="cert_runs").options
-    assert "demo_s025" in runs_offered and any(o.startswith("this session σ=0.25 (2 images)") for o in runs_offered)
-    session_run = next(o for o in runs_offered if o.startswith("this session"))
+    session_run = "this session: off-the-shelf, σ=0.25, N=60 (2 images)"  # what produced it
+    assert "demo_s025" in runs_offered and session_run in runs_offered
+    assert session_run in at.multiselect(key="cert_runs").value  # a new run joins the comparison
     # the default selection is the first few runs; how many ship in assets/ must not matter here
     at.multiselect(key="cert_runs").set_value([session_run, "demo_s025"]).run()
     acr = at.dataframe[1].value
@@ -477,3 +480,118 @@ def test_two_sessions_certifying_at_once_queue_on_the_lock(bundle):
     session("third")
     assert waited == ["second"] and len(results) == 2
     assert results[0].prediction == results[1].prediction and results[0].count_a == results[1].count_a
+
+
+def test_turns_are_first_come_first_served_and_tell_the_place_in_line():
+    turns = Turns(poll_s=0.02)
+    order, seen = [], {"b": [], "c": []}
+
+    def job(name: str) -> None:
+        with turns.turn(on_position=seen[name].append):
+            order.append(name)
+            time.sleep(0.2)  # long enough for the one behind to see its place move
+
+    with turns:  # a is busy; b, then c, queue behind it
+        b = threading.Thread(target=job, args=("b",))
+        b.start()
+        time.sleep(0.2)
+        c = threading.Thread(target=job, args=("c",))
+        c.start()
+        time.sleep(0.2)
+        assert turns.waiting() == 2 and seen == {"b": [1], "c": [2]}
+    b.join(5)
+    c.join(5)
+    assert order == ["b", "c"] and seen["c"] == [2, 1] and not turns.locked()
+
+
+def _job(owner: str, steps: int = 1):
+    from cadis_core.finetune import FinetuneConfig
+    from cadis_core.ui.jobs import FinetuneJob
+
+    job = FinetuneJob(FinetuneConfig(steps=steps, batch_size=1), None, None, None, owner=owner, estimate_s=10.0)
+    job.start = lambda: setattr(job, "status", "running") or job  # no thread: the queue's bookkeeping alone
+    return job
+
+
+def test_the_job_queue_runs_one_job_and_numbers_the_waiters():
+    from cadis_core.ui.jobs import JobQueue
+
+    queue = JobQueue()
+    a, b, c = (queue.submit(_job(o)) for o in "abc")
+    assert (a.status, b.status, c.status) == ("running", "queued", "queued")
+    assert (queue.position(a), queue.position(b), queue.position(c)) == (0, 1, 2)
+    b.stop()  # a waiter leaves the line; the one behind moves up
+    assert b.status == "cancelled" and queue.position(c) == 1 and queue.latest("b") is b
+    a.status = "done"
+    a.on_finish(a)  # what the worker thread does at the end
+    assert c.status == "running" and queue.running() is c and queue.wait_ahead_s(c) == 0.0
+
+
+def test_run_time_estimates_and_warmup():
+    from cadis_core.finetune import FinetuneConfig
+    from cadis_core.ui.jobs import QUICK_DEMO, Speed, duration, estimate_seconds, warmup_for
+
+    speed = Speed(denoise_s=0.01, classify_s=0.002)
+    ce = FinetuneConfig(method="denoised-ce", steps=100, batch_size=16, num_draws=2, eval_every=0, eval_size=0)
+    madv = FinetuneConfig(method="ft-cadis", steps=100, batch_size=16, num_draws=2, adv_steps=1, eval_every=0,
+                          eval_size=0)
+    assert estimate_seconds(ce, speed) == pytest.approx(100 * 32 * 0.012 + 2)
+    assert estimate_seconds(madv, speed) > estimate_seconds(ce, speed)  # the attack and the consistency pass
+    assert (warmup_for(1000), warmup_for(120), warmup_for(4)) == (50, 6, 1)  # 5% of the run, at least one step
+    assert QUICK_DEMO["steps"] <= HOSTED_LIMITS.steps and QUICK_DEMO["batch_size"] <= HOSTED_LIMITS.batch
+    assert [duration(s) for s in (12, 300, 7200)] == ["about 10 s", "about 5 min", "about 2.0 h"]
+
+
+def test_hosting_caps(monkeypatch):
+    monkeypatch.delenv("CADIS_HOSTED", raising=False)
+    check_limits(n=100_000, images=64, steps=50_000, subset=0)  # the local app keeps full power
+    monkeypatch.setenv("CADIS_HOSTED", "1")
+    for values, message in [({"n": 5000}, "N is capped at 2000"), ({"images": 9}, "capped at 8"),
+                            ({"steps": 1000}, "steps is capped"), ({"subset": 0}, "got all")]:
+        with pytest.raises(CadisError, match=message):
+            check_limits(**values)
+    check_limits(n=2000, images=8, steps=300, subset=2000)
+
+
+def test_one_colour_per_classifier_or_method():
+    from cadis_core.ui.style import METHOD_COLOURS, VERDICT_COLOURS, colour_of, method_of
+
+    assert colour_of("none σ=0.25") == colour_of("off-the-shelf") == colour_of("this session: off-the-shelf, σ=0.5")
+    assert method_of("fine-tuned: fashion-mnist-ft-cadis-s0.5-20250101-120000") == "ft-cadis"
+    assert method_of("ft-cadis-detached-lam1 σ=0.25") == "ft-cadis-detached-lam1"
+    assert colour_of("someone's model") == colour_of("someone's model")  # stable for unknown names too
+    reds_and_greens = {VERDICT_COLOURS["hallucinated"], VERDICT_COLOURS["kept"], VERDICT_COLOURS["abstain"]}
+    assert not reds_and_greens & set(METHOD_COLOURS.values())  # a fine-tuned model is never "hallucinated" red
+
+
+def _run(config: dict, idx=(0, 1)) -> pd.DataFrame:
+    df = pd.DataFrame({"idx": list(idx), "label": [1, 2], "predict": [1, 2], "radius": [0.3, 0.2]})
+    df["correct"] = 1
+    df.attrs["config"] = config
+    return df
+
+
+def test_session_runs_name_what_produced_them_and_meet_their_baseline():
+    from cadis_core.ui.certification import default_pair, default_runs, session_results, shared_draws
+
+    cert = Certificate(1, 0.3, 90, 100, 0.9)
+    rows = [certificate_row(f"#{i}", 1, cert, np.array([0, 90, 10]), ["a", "b", "c"], 0.5, classifier=clf, n0=10,
+                            alpha=0.001, idx=i, seed=k)
+            for k, i in enumerate([4, 7]) for clf in ["fine-tuned: x", "off-the-shelf"]]
+    rows.append(certificate_row("#4", 1, cert, np.array([0, 90, 10]), ["a", "b", "c"], 0.25, n0=10, alpha=0.001,
+                                idx=4, seed=0))
+    session = session_results(rows, {"fine-tuned: x": "ft-cadis"})
+    model, base, other = "this session: fine-tuned: x, σ=0.5, N=100, α=0.001 (2 images)", \
+        "this session: off-the-shelf, σ=0.5, N=100, α=0.001 (2 images)", \
+        "this session: off-the-shelf, σ=0.25, N=100, α=0.001 (1 image)"
+    assert list(session) == [model, base, other]  # grouped by classifier, σ, N and α
+    assert list(session[model]["idx"]) == [4, 7] and shared_draws(session[model], session[base])
+    shipped = {"none σ=0.5": _run({"method": "none", "sigma": 0.5, "n": 1000, "alpha": 0.001}),
+               "ft σ=0.5": _run({"method": "ft-cadis", "sigma": 0.5, "n": 1000, "alpha": 0.001}),
+               "none σ=0.25": _run({"method": "none", "sigma": 0.25, "n": 1000, "alpha": 0.001})}
+    assert default_runs({}, shipped, 0.25) == ["none σ=0.25"]
+    assert default_runs({model: session[model]}, shipped, 0.25) == [model, "none σ=0.5"]
+    runs = {**session, **shipped}
+    assert default_runs(session, shipped, 0.25)[:3] == [model, base, "none σ=0.5"]
+    assert default_pair([model, base, "none σ=0.5", "ft σ=0.5"], runs) == (model, base)  # same draws first
+    assert default_pair(["none σ=0.5", "ft σ=0.5"], runs) == ("ft σ=0.5", "none σ=0.5")
