@@ -24,6 +24,7 @@ from scipy.stats import norm
 from cadis_core.errors import CadisError
 from cadis_core.loading import load_classifier
 from cadis_core.smoothing import Certificate, lower_confidence_bound
+from cadis_core.training_curves import metric_label
 from cadis_core.ui.certification import certificate_row, certify_one
 from cadis_core.ui.hosting import HOSTED_LIMITS, check_limits
 from cadis_core.ui.models import finetuned_models, load_bundle, model_source
@@ -171,7 +172,7 @@ def test_hallucinations_multistep():
     assert_clean(at)
     state = at.session_state["hal_results"]
     assert state["mode"] == "multistep" and len(state["results"][0].scores["off-the-shelf"]["top1"]) == 2
-    assert any(c.value.startswith("σ = 0.25, multistep, 2 draws") for c in at.caption)
+    assert any(c.value.startswith("σ = 0.25, multistep (3 reverse steps): 2 draws") for c in at.caption)
 
 
 def test_hallucination_upload_without_label_uses_majority_vote():
@@ -265,7 +266,7 @@ def test_certification_small_n(bundle, app_env):
     assert at.image[0].captions[0].startswith("#3 ") and "R = " in at.image[0].captions[1]
     assert len(at.get("plotly_chart")) == 3  # radii bars, accuracy vs radius, per class
     runs_offered = at.multiselect(key="cert_runs").options
-    session_run = "this session: off-the-shelf, σ=0.25, N=60 (2 images)"  # what produced it
+    session_run = "this session: off-the-shelf, σ=0.25, N=60, α=0.001 (2 images)"  # all that produced it
     assert "demo_s025" in runs_offered and session_run in runs_offered
     assert session_run in at.multiselect(key="cert_runs").value  # a new run joins the comparison
     # the default selection is the first few runs; how many ship in assets/ must not matter here
@@ -279,11 +280,14 @@ def test_certification_small_n(bundle, app_env):
     at.run()
     at.multiselect(key="cert_runs").set_value(["demo_s025", "other_s025", session_run]).run()
     assert_clean(at)
-    assert at.selectbox(key="cert_pair_a").options == ["demo_s025", "other_s025"]
+    # the session's run knows its test-set indices (#3, #5), so it pairs with result files too
+    assert at.selectbox(key="cert_pair_a").options == ["demo_s025", "other_s025", session_run]
+    at.selectbox(key="cert_pair_a").set_value("demo_s025")
+    at.selectbox(key="cert_pair_b").set_value("other_s025").run()
     paired = at.dataframe[2].value
     # r=0: demo alone certifies image 1, other alone images 2 and 3.
     assert (paired.loc["r=0", "only A"], paired.loc["r=0", "only B"], paired.loc["r=0", "images"]) == (1, 2, 4)
-    per_class = next(c for c in at.get("plotly_chart") if '"barmode":"group"' in c.proto.spec.replace(" ", ""))
+    per_class = next(c for c in at.get("plotly_chart") if c.proto.id.endswith("cert_per_class"))
     assert '"Pullover"' in per_class.proto.spec  # class names, not indices
 
 
@@ -292,7 +296,7 @@ def test_finetuning_live_run_then_compare(bundle):
     for key, value in dict(ft_steps=4, ft_batch=4, ft_subset=8, ft_m=2, ft_t=1, ft_eval=2, ft_eval_size=8).items():
         at.number_input(key=key).set_value(value)
     at.selectbox(key="ft_data").set_value(at.selectbox(key="ft_data").options[-1])  # the small demo split
-    at.button[0].click().run()  # the form's Start
+    at.button(key="ft_start").click().run()
     assert_clean(at)
     seen_progress, deadline = [], time.time() + 120
     while time.time() < deadline:
@@ -306,7 +310,8 @@ def test_finetuning_live_run_then_compare(bundle):
     assert at.success, "the run did not finish in time"
     assert any(t.startswith("done: step 4 / 4") for t in seen_progress)
     assert at.get("plotly_chart"), "no live curves"
-    assert {m.label for m in at.metric} >= {"loss_sce", "selection_rate", "mask_rate", "acc_denoised"}
+    assert {m.label for m in at.metric} >= {metric_label(k) for k in ("loss_sce", "selection_rate", "mask_rate",
+                                                                        "acc_denoised")}
     assert at.button(key="ft_stop").disabled  # nothing left to stop
     found = finetuned_models()
     name = at.success[0].value.split("“")[1].split("”")[0]  # shipped models may share part of the name
@@ -329,13 +334,152 @@ def test_finetuning_live_run_then_compare(bundle):
     assert list(r0.scores) == ["off-the-shelf", f"fine-tuned: {name}"]
     assert len(at.get("plotly_chart")) == 3 and len(at.metric) == 2
 
+    # "Certify this model": the Certification page opens with it chosen, at the σ it was trained at
+    at.switch_page("pages/finetuning.py").run()
+    at.button(key="ft_certify").click().run()  # st.switch_page: this run shows the Certification page
+    assert_clean(at)
+    assert at.selectbox(key="cert_classifier").value == name and at.number_input(key="cert_sigma").value == 0.5
+    at.switch_page("pages/certification.py")  # AppTest's own page follows (a browser's URL does by itself)
+    at.text_input(key="cert_idx").set_value("0, 1")
+    at.number_input(key="cert_n0").set_value(10)
+    at.number_input(key="cert_n").set_value(40)
+    at.button(key="cert_run").click().run()
+    assert_clean(at)
+    table = at.dataframe[0].value  # both classifiers on the same draws, each row naming its own
+    assert list(table["classifier"]) == [f"fine-tuned: {name}", "off-the-shelf"] * 2
+    assert (table["n"] == 40).all() and (table["sigma"] == 0.5).all() and (table["alpha"] == 0.001).all()
+    model_run = f"this session: fine-tuned: {name}, σ=0.5, N=40, α=0.001 (2 images)"
+    baseline = "this session: off-the-shelf, σ=0.5, N=40, α=0.001 (2 images)"
+    assert {model_run, baseline} <= set(at.multiselect(key="cert_runs").value)  # the none baseline stays
+    assert (at.selectbox(key="cert_pair_a").value, at.selectbox(key="cert_pair_b").value) == (model_run, baseline)
+    assert any("only the classifiers differ" in c.value for c in at.caption)
+    assert any("no image can be certified beyond" in m.value for m in at.markdown)
+
+
+def run_until(at, done, timeout: float = 60) -> None:
+    """Rerun (as the page's polling would) until done(at) or the timeout."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not done(at):
+        time.sleep(0.3)
+        at.run()
+
+
+def test_hosted_a_second_visitor_cannot_see_or_stop_the_first_visitors_run(monkeypatch, bundle):
+    assert "CADIS_HOSTED=1" in (ROOT / "Dockerfile").read_text()  # the Space runs in hosting mode
+    monkeypatch.setenv("CADIS_HOSTED", "1")
+    first = app_at("finetuning")
+    for key, value in dict(ft_steps=300, ft_batch=4, ft_subset=8, ft_m=1, ft_t=1, ft_eval=0, ft_eval_size=0).items():
+        first.number_input(key=key).set_value(value)
+    first.selectbox(key="ft_data").set_value(first.selectbox(key="ft_data").options[-1])
+    first.button(key="ft_start").click().run()
+    assert_clean(first)
+    assert not first.button(key="ft_stop").disabled
+
+    second = app_at("finetuning")  # another browser session: another visitor
+    assert second.button(key="ft_stop").disabled  # nothing of theirs to stop
+    assert any("No fine-tuning run yet" in i.value for i in second.info)  # and the first visitor's run is not shown
+    for key, value in dict(ft_steps=2, ft_batch=4, ft_subset=8, ft_m=1, ft_t=1, ft_eval=0, ft_eval_size=0).items():
+        second.number_input(key=key).set_value(value)
+    second.selectbox(key="ft_data").set_value(second.selectbox(key="ft_data").options[-1])
+    second.button(key="ft_start").click().run()  # the cores are busy: it waits its turn, and says so
+    assert any("Queued: 1 job(s) ahead of yours" in i.value for i in second.info), [i.value for i in second.info]
+    second.button(key="ft_stop").click().run()  # stops (dequeues) their own run only
+    run_until(first, lambda at: at.get("progress") and "step 0 /" not in at.get("progress")[0].proto.text)
+    assert first.get("progress")[0].proto.text.startswith("running:")
+    first.button(key="ft_stop").click().run()
+    run_until(first, lambda at: at.warning)
+    assert any("Stopped" in w.value for w in first.warning)
+
+    # A finished run is its visitor's alone: the other visitor's pages do not offer it
+    for key, value in dict(ft_steps=2, ft_batch=4, ft_subset=8, ft_m=1, ft_t=1, ft_eval=0, ft_eval_size=0).items():
+        first.number_input(key=key).set_value(value)
+    first.button(key="ft_start").click().run()
+    run_until(first, lambda at: at.success)
+    name = first.success[0].value.split("“")[1].split("”")[0]
+    first.switch_page("pages/hallucinations.py").run()
+    assert first.selectbox(key="hal_tuned").value == name  # the visitor's own newest run
+    second.switch_page("pages/hallucinations.py").run()
+    assert name not in second.selectbox(key="hal_tuned").options
+    assert "ft-cadis-detached-s0.25" in second.selectbox(key="hal_tuned").options  # the shipped ones stay
+    second.switch_page("pages/certification.py").run()
+    assert name not in second.selectbox(key="cert_classifier").options
+    second.switch_page("pages/models.py").run()
+    assert name not in set(second.dataframe[1].value["name"])
+    # The shipped recipe is longer than the demo allows: its settings are capped, not refused
+    second.switch_page("pages/finetuning.py").run()
+    second.radio(key="ft_setting").set_value("shipped runs' recipe").run()
+    assert_clean(second)
+    assert (second.number_input(key="ft_steps").value, second.number_input(key="ft_subset").value) == (300, 2000)
+    # N and the number of images are capped
+    second.switch_page("pages/certification.py").run()
+    second.text_input(key="cert_idx").set_value("0-20").run()
+    assert any("pick at most 8 in this shared demo" in e.value for e in second.error)
+
+
+def test_classroom_example():
+    at = app_at("hallucinations")
+    at.button(key="hal_classroom").click().run()
+    assert_clean(at)
+    state = at.session_state["hal_results"]
+    assert state["sigma"] == 1.0 and list(state["runs"]) == ["multistep", "one-shot"]
+    results = state["runs"]["multistep"]
+    assert len(results) == 4 and len(results[0].scores["off-the-shelf"]["top1"]) == 8
+    classes = at.session_state["hal_results"]["runs"]["one-shot"][0].scores  # same images, same noise, both ways
+    assert list(classes) == list(results[0].scores)
+    if "Shirt" in at.selectbox(key="hal_class").options or at.selectbox(key="hal_class").value == 6:
+        assert {r.label for r in results} == {6}  # shirts (Fashion-MNIST)
+    lines = [c.value for c in at.caption if " · multistep: kept" in c.value or " · one-shot: kept" in c.value]
+    assert len(lines) == 4 * 2 * len(classes)
+    assert sum(int(v.rsplit(" ", 1)[1]) for v in lines) > 0  # hallucinated draws on screen
+    assert any(c.value.startswith("σ = 1.0, multistep (10 reverse steps) and one-shot") for c in at.caption)
+
+
+def test_hf_hub_specs_reach_the_hub_loader(monkeypatch):
+    import timm
+
+    calls = []
+
+    def offline(name, *args, **kwargs):  # what timm raises for a hub model that is not cached, offline
+        calls.append(name)
+        raise OSError(f"We couldn't connect to the hub to load {name}")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    at = app_at("models")
+    at.text_input(key="models_classifier").set_value("hf-hub:org/name")
+    at.button[0].click().run()
+    assert not at.exception
+    assert calls == ["hf-hub:org/name"]  # a hub model, not a directory called org/name
+    errors = [e.value for e in at.error]
+    assert any("hub is offline" in e and "hf-hub:org/name" in e for e in errors), errors
+    assert not any("does not exist" in e for e in errors)
+
+
+@pytest.mark.parametrize("which", ["classifier config", "classifier weights", "denoiser config"])
+def test_a_corrupt_model_directory_gives_one_line(tmp_path, tiny_classifier_dir, tiny_denoiser_dir, which):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_denoiser_dir if which.startswith("denoiser") else tiny_classifier_dir, bad)
+    if which.endswith("config"):
+        (bad / ("unet" if (bad / "unet").is_dir() else "") / "config.json").write_text('{"architecture": "vit_ti')
+    else:
+        (bad / "model.safetensors").write_bytes(b"\0" * 64)
+    at = app_at("models")
+    kind = which.split()[0]
+    at.text_input(key=f"models_{kind}").set_value(f"local-dir:{bad}" if kind == "classifier" else str(bad))
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("Could not load") and str(bad) in e and "\n" not in e for e in errors), errors
+    assert "model_choice" not in at.session_state
+
 
 def test_finetuning_stop(bundle):
     at = app_at("finetuning")
     for key, value in dict(ft_steps=500, ft_batch=4, ft_subset=8, ft_m=1, ft_t=1, ft_eval=0, ft_eval_size=0).items():
         at.number_input(key=key).set_value(value)
     at.selectbox(key="ft_data").set_value(at.selectbox(key="ft_data").options[-1])
-    at.button[0].click().run()
+    at.button(key="ft_start").click().run()
     assert not at.button(key="ft_stop").disabled
     at.button(key="ft_stop").click().run()
     deadline = time.time() + 60
