@@ -739,3 +739,15 @@ def test_session_runs_name_what_produced_them_and_meet_their_baseline():
     assert default_runs(session, shipped, 0.25)[:3] == [model, base, "none σ=0.5"]
     assert default_pair([model, base, "none σ=0.5", "ft σ=0.5"], runs) == (model, base)  # same draws first
     assert default_pair(["none σ=0.5", "ft σ=0.5"], runs) == ("ft σ=0.5", "none σ=0.5")
+
+
+def test_a_job_measures_its_starting_point(bundle):
+    # The live test-accuracy curve starts at the off-the-shelf classifier, on the run's own images and noise.
+    from cadis_core.finetune import FinetuneConfig, evaluate_denoised
+    from cadis_core.ui.jobs import FinetuneJob
+
+    config = FinetuneConfig(steps=1, batch_size=4, sigma=0.5, eval_size=16, eval_every=1, seed=3)
+    job = FinetuneJob(config, bundle.denoiser, bundle.classifier, bundle.dataset, bundle.dataset)
+    job._baseline()
+    expected = evaluate_denoised(bundle.classifier, bundle.denoiser, bundle.dataset, 0.5, 16, 4, 3)
+    assert job.evals == [{"kind": "eval", "step": 0, "test_acc_denoised": expected}]

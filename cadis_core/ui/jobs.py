@@ -24,8 +24,11 @@ from ..errors import CadisError
 log = logging.getLogger(__name__)
 
 
-# The quick demo: a few minutes on 2 CPU cores (measured: benchmarks/app_speed.py), long enough for the losses and
-# the test accuracy at σ = 0.5 to move. LoRA, M = 2 draws and T = 1 attack step as in the authors' LoRA recipe.
+# The quick demo: a few minutes on 2 CPU cores (benchmarks/app_speed.py --quick-demo measures it). At σ = 0.5 the
+# off-the-shelf classifier is already right on 84.5% of denoised test images; measured on the training split, the
+# loss falls by about a fifth (0.50 → 0.41, first vs last fifth of the steps) while the test accuracy holds
+# (0.835–0.85 at each evaluation); with lr 3e-3 the loss stayed flat. LoRA, M = 2 draws, T = 1 attack step and
+# λ = 2 as in the authors' LoRA recipe.
 QUICK_DEMO = {"method": "ft-cadis", "sigma": 0.5, "num_draws": 2, "lam": 2.0, "eps": 0.125, "adv_steps": 1,
               "lora": True, "lora_r": 4, "steps": 120, "batch_size": 16, "subset": 2000, "lr": 1e-2,
               "eval_every": 30, "eval_size": 200, "seed": 0}
@@ -67,12 +70,13 @@ def measure_speed(denoiser: torch.nn.Module, classifier: torch.nn.Module, shape:
 
 
 def evaluations(config) -> int:
-    """How many test evaluations a run makes (eval_every 0: one at the end; None: one per epoch)."""
+    """How many test evaluations a job makes: the baseline before the start, then every `eval_every` steps (0: one
+    at the end)."""
     if not config.eval_size:
         return 0
     if not config.eval_every:
-        return 1
-    return math.ceil(config.steps / config.eval_every)
+        return 2  # at the end, and before the start (FinetuneJob's baseline)
+    return math.ceil(config.steps / config.eval_every) + 1
 
 
 def estimate_seconds(config, speed: Speed, mask_rate: float = 0.7) -> float:
@@ -168,10 +172,23 @@ class FinetuneJob:
         elif event["kind"] == "eval":
             self.evals.append(event)
 
+    def _baseline(self) -> None:
+        """The test accuracy before training, on the same images and noise as the run's evaluations: the curve
+        then starts where the off-the-shelf classifier stands (finetune evaluates only after steps)."""
+        from ..finetune import evaluate_denoised
+
+        denoiser, classifier, _, test_set = self._args
+        cfg = self.config
+        if test_set is None or not cfg.eval_size or self.stop_event.is_set():
+            return
+        acc = evaluate_denoised(classifier, denoiser, test_set, cfg.sigma, cfg.eval_size, cfg.batch_size, cfg.seed)
+        self.evals.append({"kind": "eval", "step": 0, "test_acc_denoised": acc})
+
     def _run(self) -> None:
         from ..finetune import finetune
 
         try:
+            self._baseline()
             result = finetune(self.config, *self._args[:3], self._args[3], callback=self._event,
                               stop_event=self.stop_event)
             self.path, self.status = result.path, "stopped" if result.stopped else "done"
