@@ -3,11 +3,13 @@
 FROM python:3.11-slim
 
 # Spaces run the container as user 1000; its home holds the app and anything the app writes (runs/).
+# CADIS_HOSTED=1: visitors share this server, so each sees only their own runs, and heavy jobs are capped and queue.
 RUN useradd -m -u 1000 user
 ENV HOME=/home/user \
     PATH=/home/user/.local/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
+    CADIS_HOSTED=1 \
     STREAMLIT_BROWSER_GATHER_USAGE_STATS=false
 WORKDIR /home/user/app
 
@@ -19,6 +21,7 @@ RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu 
 
 # Only what the app needs: no runs/, tests or git history in the image.
 COPY --chown=user app.py gradio_app.py ./
+COPY --chown=user .streamlit .streamlit
 COPY --chown=user pages pages
 COPY --chown=user cadis_core cadis_core
 COPY --chown=user assets assets

@@ -30,17 +30,11 @@ from cadis_core.hallucination import score_draws
 from cadis_core.images import EXTENSIONS, FORMAT_NAMES, MAX_UPLOAD_BYTES, image_from_path
 from cadis_core.loading import ADAPTER_META, parse_spec
 from cadis_core.presets import PROJECT_ROOT, Preset
-from cadis_core.smoothing import ABSTAIN, Certificate, lower_confidence_bound, radius
-from cadis_core.ui_support import (
-    ModelBundle,
-    certify_one,
-    check_run_parameters,
-    is_custom,
-    load_bundle,
-    model_source,
-    to_uint8,
-    top_counts,
-)
+from cadis_core.smoothing import ABSTAIN, Certificate, max_radius
+from cadis_core.ui.certification import certify_one, top_counts
+from cadis_core.ui.models import ModelBundle, is_custom, load_bundle, model_source
+from cadis_core.ui.pictures import to_uint8
+from cadis_core.ui.uploads import check_run_parameters
 
 GALLERY_DRAWS = 16
 TEST_IMAGE, UPLOAD = "Test image", "Upload"
@@ -70,12 +64,6 @@ def max_n() -> int:
             raise CadisError(f"CADIS_MAX_N must be >= 1 (got {cap}).")
         return cap
     return HOSTED_MAX_N if hosted() else LOCAL_MAX_N
-
-
-def largest_radius(sigma: float, n: int, alpha: float) -> float:
-    """The largest radius N draws can certify at level α: all N agree, so p_A ≥ α^(1/N) and
-    R = σ·Φ⁻¹(α^(1/N)). Computed with the same bound and radius as a certificate."""
-    return radius(sigma, lower_confidence_bound(n, n, alpha))
 
 
 @dataclass(frozen=True)
@@ -219,7 +207,7 @@ def result_details(req: Request, cert: Certificate, classes: list[str], n0: int,
                    label_names: list[str] | None = None) -> dict[str, Any]:
     """Everything a result is made of, for the JSON output and the text. The prediction is named by the
     classifier's `classes`, the true class by the dataset's `label_names` (the same for the presets)."""
-    cap = largest_radius(req.sigma, req.n, req.alpha)
+    cap = max_radius(req.sigma, req.n, req.alpha)
     abstained = cert.prediction == ABSTAIN
     return {
         "image": req.image_name, "source": req.source,

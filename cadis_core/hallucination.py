@@ -8,7 +8,7 @@ draws, so an off-the-shelf and a fine-tuned classifier compare paired. The ROC c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,9 +67,10 @@ class ImageDraws:
 
 
 def score_images(smooth: DenoisedSmoothing, images: list[tuple[str, torch.Tensor, int | None]], draws: int,
-                 classifiers: dict[str, torch.nn.Module], seed: int = 0) -> list[ImageDraws]:
+                 classifiers: dict[str, torch.nn.Module], seed: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> list[ImageDraws]:
     """Denoise `draws` noisy copies of each image once (with `smooth`'s denoiser and σ) and score them
-    with every classifier; image k uses seed + k."""
+    with every classifier; image k uses seed + k. `progress(done, total)` is called after each image."""
     if draws < 1:
         raise CadisError(f"The number of draws must be >= 1 (got {draws}).")
     if not classifiers:
@@ -81,6 +82,8 @@ def score_images(smooth: DenoisedSmoothing, images: list[tuple[str, torch.Tensor
                           "hallucinated": s.hallucinated.tolist(), "reference": s.reference_label}
                   for cname, s in zip(classifiers, scored)}
         out.append(ImageDraws(name, x, label, scored[0].noisy, scored[0].denoised, scores))
+        if progress is not None:
+            progress(k + 1, len(images))
     return out
 
 

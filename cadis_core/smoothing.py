@@ -61,6 +61,11 @@ def radius(sigma: float, p_a: float) -> float:
     return sigma * float(norm.ppf(p_a))
 
 
+def max_radius(sigma: float, n: int, alpha: float) -> float:
+    """The largest radius N draws can certify: all N agree, so p_A = α^(1/N) and R = σ·Φ⁻¹(α^(1/N))."""
+    return radius(sigma, lower_confidence_bound(n, n, alpha))
+
+
 def decide(counts_selection: np.ndarray, counts_estimation: np.ndarray, alpha: float, sigma: float) -> Certificate:
     """CERTIFY's decision: guess c_A from the selection draws, bound p_A from the estimation draws."""
     c_a = int(counts_selection.argmax())

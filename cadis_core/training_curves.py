@@ -12,6 +12,28 @@ from .errors import CadisError
 # (column, subplot row, subplot column) of the per-step metrics in `curves_figure`
 _PANELS = [("loss", 1, 1), ("loss_sce", 1, 1), ("loss_madv", 1, 1), ("selection_rate", 1, 2), ("mask_rate", 1, 2),
            ("acc_denoised", 2, 1), ("lr", 2, 2)]
+# What the metrics of `objective.FTCadisLoss` and the evaluations mean, for legends and metric tiles.
+METRIC_LABELS = {
+    "loss": "total loss",
+    "loss_sce": "L_SCE (CE, kept draws)",
+    "loss_madv": "L_MAdv (consistency)",
+    "selection_rate": "kept draws",
+    "mask_rate": "images, all draws kept",
+    "acc_denoised": "accuracy, denoised draws",
+    "test_acc_denoised": "test accuracy, denoised",
+    "lr": "learning rate",
+    "images_per_s": "images per second",
+}
+
+
+def metric_label(name: str) -> str:
+    """A metric's readable name (the raw name for unknown ones)."""
+    return METRIC_LABELS.get(name, name)
+
+
+def _mode(points: int) -> str:
+    """Lines, with markers where a line has too few points to be drawn (e.g. after the first step)."""
+    return "lines+markers" if points < 2 else "lines"
 
 
 def metrics_file(run: str | Path) -> Path:
@@ -46,18 +68,21 @@ def curves_figure(steps: pd.DataFrame, evals: pd.DataFrame | None = None, smooth
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(2, 2, subplot_titles=["losses", "selection and mask rate", "accuracy on denoised draws",
-                                              "learning rate"], vertical_spacing=0.15)
+    fig = make_subplots(2, 2, subplot_titles=["losses", "kept draws and masked images",
+                                              "accuracy on denoised draws", "learning rate"], vertical_spacing=0.2)
     for col, row, c in _PANELS:
         if col in steps:
             y = steps[col] if col == "lr" else steps[col].rolling(smooth, min_periods=1).mean()
-            fig.add_trace(go.Scatter(x=steps["step"], y=y, mode="lines", name=col), row, c)
+            fig.add_trace(go.Scatter(x=steps["step"], y=y, mode=_mode(len(steps)), name=metric_label(col)), row, c)
     if evals is not None and len(evals):
         fig.add_trace(go.Scatter(x=evals["step"], y=evals["test_acc_denoised"], mode="lines+markers",
-                                 name="test_acc_denoised"), 2, 1)
+                                 name=metric_label("test_acc_denoised")), 2, 1)
+    fig.update_xaxes(title_text="training step", row=2)
+    for (row, c), title in {(1, 1): "loss", (1, 2): "share", (2, 1): "accuracy", (2, 2): "learning rate"}.items():
+        fig.update_yaxes(title_text=title, row=row, col=c)
     fig.update_yaxes(range=[0, 1], row=1, col=2)
     fig.update_yaxes(range=[0, 1], row=2, col=1)
-    fig.update_layout(height=520, margin=dict(t=40, b=20), legend=dict(orientation="h", y=-0.08),
+    fig.update_layout(height=560, margin=dict(t=40, b=20), legend=dict(orientation="h", y=-0.12),
                       template="plotly_white")
     return fig
 
@@ -68,8 +93,8 @@ def comparison_figure(runs: dict[str, str | Path], smooth: int = 50):
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(1, 3, subplot_titles=["test accuracy on denoised images", f"loss_madv ({smooth}-step mean)",
-                                              f"mask rate ({smooth}-step mean)"])
+    fig = make_subplots(1, 3, subplot_titles=["test accuracy, denoised", f"L_MAdv ({smooth}-step mean)",
+                                              f"all draws kept ({smooth}-step mean)"])
     for k, (name, run) in enumerate(runs.items()):
         steps, evals = read_metrics(run)
         color = qualitative.Plotly[k % len(qualitative.Plotly)]
@@ -78,8 +103,11 @@ def comparison_figure(runs: dict[str, str | Path], smooth: int = 50):
         for c, col in ((2, "loss_madv"), (3, "mask_rate")):
             if col in steps:
                 fig.add_trace(go.Scatter(x=steps["step"], y=steps[col].rolling(smooth, min_periods=1).mean(),
-                                         mode="lines", name=name, legendgroup=name, showlegend=False,
+                                         mode=_mode(len(steps)), name=name, legendgroup=name, showlegend=False,
                                          line_color=color), 1, c)
-    fig.update_xaxes(title_text="step")
+    fig.update_xaxes(title_text="training step")
+    fig.update_yaxes(title_text="accuracy", col=1)
+    fig.update_yaxes(title_text="loss", col=2)
+    fig.update_yaxes(title_text="share", col=3)
     fig.update_layout(height=380, template="plotly_white", legend_title="run", margin=dict(t=40, b=20))
     return fig

@@ -1,12 +1,13 @@
-"""Streamlit plumbing shared by the pages: cached models, the model choice, the image picker, error display.
+"""Streamlit plumbing shared by the pages: cached models, the model choice, the visitor, the image picker, errors.
 
-Pages stay thin views; everything that is not Streamlit lives in cadis_core (ui_support, analysis, ...).
+Pages stay thin views; everything that is not Streamlit lives in cadis_core (cadis_core.ui, analysis, ...), and
+pages import what they need from there directly.
 """
 
 from __future__ import annotations
 
 import os
-import runpy
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,26 +19,21 @@ from cadis_core.data import load_dataset
 from cadis_core.errors import CadisError
 from cadis_core.loading import load_classifier
 from cadis_core.presets import SEARCH_ROOTS, Preset
-from cadis_core.ui_support import (
-    IMAGE_TYPES,
-    ModelBundle,
-    finetuned_models,
-    image_from_bytes,
-    load_bundle,
-    model_source,
-    pick_indices,
-)
+from cadis_core.ui.hosting import hosted, limits, model_roots, new_visitor
+from cadis_core.ui.models import ModelBundle, finetuned_models, load_bundle, model_source
+from cadis_core.ui.uploads import IMAGE_TYPES, MAX_UPLOAD_BYTES, image_from_bytes, pick_indices
 
 if os.environ.get("CADIS_TORCH_THREADS"):  # e.g. 1 when other jobs keep the cores busy (oversubscription is slow)
     torch.set_num_threads(int(os.environ["CADIS_TORCH_THREADS"]))
 
-OFF_THE_SHELF = "off-the-shelf"
-Image = tuple[str, torch.Tensor, int | None]  # (name, C×H×W tensor, label or None)
+Image = tuple[str, torch.Tensor, int | None]  # (name, C×H×W tensor, label or None); test images are named #index
+CERTIFY_REQUEST = "certify_request"  # a classifier name another page asks the Certification page to preselect
 
 
 @st.cache_resource(show_spinner="Loading the denoiser and classifier …", max_entries=3)
-def _bundle(preset: str, denoiser: str, classifier: str) -> ModelBundle:
-    # Cached per process: every session shares one copy of the models (and its lock).
+def cached_bundle(preset: str, denoiser: str, classifier: str) -> ModelBundle:
+    """The models of (preset, denoiser, classifier), cached per process: every session shares one copy (and its
+    lock)."""
     return load_bundle(model_source(preset, denoiser, classifier))
 
 
@@ -52,24 +48,6 @@ def train_split(dataset: str):
     return load_dataset(dataset, "train")
 
 
-def route_through_app() -> None:
-    """Call first on every page. When a deep link (e.g. /certification) is the server's first request, Streamlit
-    runs the pages/ folder as an old-style multipage app without app.py (no page config, every file listed in the
-    sidebar) until some session runs app.py. Then run app.py here (its st.navigation switches the server over for
-    good and runs this page inside it) and stop the outer run. No rerun, so a pending click is not lost."""
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-        from streamlit.runtime.scriptrunner import get_script_run_ctx
-    except ImportError:  # a Streamlit without these internals: nothing to fix
-        return
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False  # st.navigation does the same; no second detour
-        ctx = get_script_run_ctx()
-        runpy.run_path(ctx.main_script_path if ctx else str(Path(__file__).parent.parent / "app.py"),
-                       run_name="__main__")
-        st.stop()
-
-
 def current_source() -> Preset:
     """The models this session uses: chosen on the Models page, else $CADIS_PRESET/$CADIS_DENOISER/…."""
     choice = st.session_state.get("model_choice")
@@ -80,23 +58,60 @@ def bundle() -> ModelBundle:
     """The session's models, or an error box and a stopped page."""
     try:
         p = current_source()
-        return _bundle(p.name, p.denoiser, p.classifier)
+        return cached_bundle(p.name, p.denoiser, p.classifier)
     except CadisError as e:
         st.error(str(e))
         st.page_link("pages/models.py", label="Choose other models on the Models page", icon=":material/extension:")
         st.stop()
 
 
-def load_bundle_for(preset: str, denoiser: str, classifier: str) -> ModelBundle:
-    return _bundle(preset, denoiser, classifier)
+def visitor() -> str:
+    """This browser session's visitor id: hosted, its runs are its own."""
+    return st.session_state.setdefault("visitor", new_visitor())
 
 
-def finetuned_choices() -> dict[str, Path]:
-    return finetuned_models()
+def visible_models() -> dict[str, Path]:
+    """The fine-tuned classifiers this visitor may pick: hosted, their own runs and the shipped ones."""
+    return finetuned_models(model_roots(visitor()))
+
+
+def hosted_note() -> None:
+    """One line on what the shared demo caps, shown where the caps bite."""
+    if hosted():
+        lim = limits()
+        st.caption(f":material/group: Shared demo: your runs are yours alone; N ≤ {lim.n}, ≤ {lim.images} images, "
+                   f"≤ {lim.steps} fine-tuning steps, and heavy jobs take turns. Run the app locally for more.")
+
+
+def certify_this(name: str) -> None:
+    """Open the Certification page with `name` (off-the-shelf or a fine-tuned classifier) preselected."""
+    st.session_state[CERTIFY_REQUEST] = name
+    st.switch_page("pages/certification.py")
+
+
+def dataset_index(name: str) -> int | None:
+    """The test-set index of an image picked by `image_picker` ('#12' → 12), None for an upload."""
+    m = re.fullmatch(r"#(\d+)", name)
+    return int(m.group(1)) if m else None
 
 
 def finetuned_classifier(path: Path) -> torch.nn.Module:
+    """A fine-tuned classifier, cached per process and reloaded when its directory is saved again."""
     return _finetuned(str(path), path.stat().st_mtime)
+
+
+def keep_selection(key: str, options: list[str], default: list[str], joinable: list[str] | None = None,
+                   companions=None) -> None:
+    """Prepare the value of multiselect `key` before it is drawn: the first time `default`; after that, options
+    that appeared since the last rerun (of `joinable`, if given; e.g. a run that just finished) join the
+    selection, each with its `companions(option)` (e.g. its baseline), and options that went away leave it."""
+    first = f"{key}_seen" not in st.session_state
+    seen = st.session_state.setdefault(f"{key}_seen", set())
+    previous = st.session_state.get(key, default)
+    new = [] if first else [k for k in (options if joinable is None else joinable) if k not in seen]
+    new = [c for k in new for c in [k, *(companions(k) if companions else [])]]
+    st.session_state[key] = list(dict.fromkeys([*new, *[k for k in previous if k in options]]))
+    seen.update(options)
 
 
 @contextmanager
@@ -108,8 +123,8 @@ def errors_shown() -> Iterator[None]:
         st.error(str(e))
 
 
-def parse_indices(text: str) -> list[int]:
-    """'0, 5, 10-12' → [0, 5, 10, 11, 12]; a CadisError for anything else."""
+def parse_indices(text: str, most: int = 64) -> list[int]:
+    """'0, 5, 10-12' → [0, 5, 10, 11, 12]; a CadisError for anything else or more than `most` images."""
     out = []
     for part in text.replace(";", ",").split(","):
         part = part.strip()
@@ -123,29 +138,33 @@ def parse_indices(text: str) -> list[int]:
                 out.append(int(part))
         except ValueError:
             raise CadisError(f"{part!r} is not an index or a range like 10-15; write e.g. 0, 5, 10-12.") from None
-    if len(out) > 64:
-        raise CadisError("More than 64 images selected; pick at most 64.")
+    if len(out) > most:
+        raise CadisError(f"More than {most} images selected; pick at most {most}"
+                         f"{' in this shared demo' if hosted() else ''}.")
     return out
 
 
 def image_picker(b: ModelBundle, key: str, default_count: int = 8) -> list[Image] | None:
-    """Images by index, by class, at random, or by upload. Returns None (with an error shown) on bad input."""
+    """Images by index, by class, at random, or by upload. Returns None (with an error shown) on bad input.
+    At most `limits().images` (hosted: a few) are picked."""
     ds, classes = b.dataset, b.classes
+    most = limits().images
+    default_count = min(default_count, most)
     how = st.radio("Images", ["By index", "By class", "At random", "Upload"], horizontal=True, key=f"{key}_how")
     try:
         if how == "Upload":
-            return _uploads(b, key)
+            return _uploads(b, key, most)
         if how == "By index":
             text = st.text_input("Test-set indices", ", ".join(map(str, range(default_count))), key=f"{key}_idx",
                                  help=f"0 … {len(ds) - 1}; ranges like 10-15 work.")
-            idx = pick_indices(ds.labels, "index", indices=parse_indices(text))
+            idx = pick_indices(ds.labels, "index", indices=parse_indices(text, most))
         else:
             c1, c2, c3 = st.columns(3)
             class_id = None
             if how == "By class":
                 class_id = c1.selectbox("Class", range(len(classes)), format_func=lambda i: classes[i],
                                         key=f"{key}_class")
-            count = c2.slider("Number of images", 1, 32, default_count, key=f"{key}_count")
+            count = c2.slider("Number of images", 1, min(32, most), default_count, key=f"{key}_count")
             seed = c3.number_input("Seed", 0, 10**6, 0, key=f"{key}_pick_seed", help="Another seed, another pick.")
             idx = pick_indices(ds.labels, "class" if how == "By class" else "random", class_id=class_id,
                                count=count, seed=int(seed))
@@ -155,9 +174,11 @@ def image_picker(b: ModelBundle, key: str, default_count: int = 8) -> list[Image
     return [(f"#{i}", ds.images[i], int(ds.labels[i])) for i in idx]
 
 
-def _uploads(b: ModelBundle, key: str) -> list[Image] | None:
+def _uploads(b: ModelBundle, key: str, most: int) -> list[Image] | None:
+    mb = MAX_UPLOAD_BYTES // 2**20  # the server refuses bigger files before reading them (.streamlit/config.toml)
     files = st.file_uploader("Upload images", type=IMAGE_TYPES, accept_multiple_files=True, key=f"{key}_files",
-                             help="Any size or colour mode up to 20 MB / 4096 px: converted to the model's "
+                             max_upload_size=mb,
+                             help=f"Any size or colour mode up to {mb} MB / 4096 px: converted to the model's "
                                   f"{'grayscale' if b.input_shape[0] == 1 else 'RGB'} "
                                   f"{b.input_shape[1]}×{b.input_shape[2]} input.")
     c1, c2 = st.columns(2)
@@ -169,6 +190,9 @@ def _uploads(b: ModelBundle, key: str) -> list[Image] | None:
                          format_func=lambda i: "unknown (use the majority vote)" if i < 0 else b.classes[i])
     if not files:
         st.info("Upload one or more images (PNG, JPEG, …).")
+        return None
+    if len(files) > most:
+        st.error(f"{len(files)} files uploaded; pick at most {most}.")
         return None
     images = []
     for f in files:  # a bad file gets its error; the good ones still go through

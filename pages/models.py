@@ -1,20 +1,26 @@
-"""Models: the presets, a custom denoiser/classifier (hub id or local directory), and the fine-tuned models found."""
+"""Models: the presets, a custom denoiser/classifier (hub id or local directory), and the fine-tuned models found.
 
-import json
-import os
+Specs are parsed by cadis_core.loading (`hf-hub:org/name` and `hf:org/name` are hub models, never paths); a model
+that fails to load gives one line saying which and why, never a traceback.
+"""
 
-import pandas as pd
 import streamlit as st
 
-from cadis_core.errors import CadisError
-from cadis_core.presets import PRESETS
-from cadis_core.ui_support import finetuned_models, model_source
-from pages._common import current_source, load_bundle_for, route_through_app
+from pages._nav import route_through_app
 
 route_through_app()  # first: a deep link must still go through app.py
 
 st.title("Models")
-offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+
+import pandas as pd  # noqa: E402
+
+from cadis_core.errors import CadisError  # noqa: E402
+from cadis_core.loading import hub_offline  # noqa: E402
+from cadis_core.presets import PRESETS  # noqa: E402
+from cadis_core.ui.models import OFF_THE_SHELF, describe_model, model_source  # noqa: E402
+from pages._common import cached_bundle, certify_this, current_source, visible_models  # noqa: E402
+
+offline = hub_offline()
 st.caption("Hub ids need a connection (or the hub cache) — this server runs "
            f"{'offline (HF_HUB_OFFLINE=1): local directories and cached hub models only' if offline else 'online'}.")
 
@@ -39,7 +45,7 @@ if use:
     try:
         p = model_source(preset, denoiser.strip() or None, classifier.strip() or None)
         with st.spinner("Loading …"):
-            b = load_bundle_for(p.name, p.denoiser, p.classifier)
+            b = cached_bundle(p.name, p.denoiser, p.classifier)
         st.session_state["model_choice"] = (p.name, p.denoiser, p.classifier)
         st.success(f"Using {p.name}: {len(b.classes)} classes, input {b.input_shape}. The other pages now use "
                    "these models.")
@@ -54,15 +60,22 @@ st.subheader("Models in use")
 st.markdown(f"- preset **{cur.name}**\n- denoiser `{cur.denoiser}`\n- classifier `{cur.classifier}`")
 
 st.subheader("Fine-tuned classifiers")
-found = finetuned_models()
+found = visible_models()
 if not found:
     st.info("None yet: runs of the Fine-tuning page land in `runs/finetune/*/model`, shipped ones in "
             "`assets/models/finetuned/*`.")
 else:
     rows = []
     for name, path in found.items():
-        meta_file = path / "finetune.json"
-        cfg = json.loads(meta_file.read_text()).get("config", {}) if meta_file.is_file() else {}
-        rows.append({"name": name, "path": str(path), "method": cfg.get("method", "?"), "σ": cfg.get("sigma"),
-                     "steps": cfg.get("steps"), "LoRA": cfg.get("lora")})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="models_finetuned")
+        info = describe_model(path)
+        rows.append({"name": name, "method": info["method"] or "?", "σ": info["σ"], "steps": info["steps"],
+                     "weights": info["kind"], "base": info["base"], "path": str(path),
+                     "note": "" if info["readable"] else "finetune.json unreadable"})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="models_finetuned",
+                 column_config={"name": st.column_config.TextColumn(width="large")})
+c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+target = c1.selectbox("Certify a classifier", [OFF_THE_SHELF, *found], key="models_certify_choice",
+                      format_func=lambda k: k if k == OFF_THE_SHELF else f"fine-tuned: {k}")
+if c2.button("Certify this model", icon=":material/verified:", key="models_certify",
+             help="Opens the Certification page with this classifier chosen."):
+    certify_this(target)

@@ -1,30 +1,51 @@
-"""Overview: what denoised smoothing, hallucination and FT-CADIS are, one picture strip, the loaded models."""
+"""Overview: the story in five steps, each linking to its page, then one picture strip and the loaded models.
 
-import pandas as pd
+The title and the story are drawn before torch and the models load (pages/_nav.py), so a visitor reads at once.
+"""
+
 import streamlit as st
-import torch
 
-from cadis_core.hallucination import score_draws
-from cadis_core.ui_support import is_custom, to_uint8
-from pages._common import bundle, errors_shown, route_through_app
+from pages._nav import route_through_app
 
 route_through_app()  # first: a deep link must still go through app.py
 
 st.title("cadis: provable robustness for off-the-shelf classifiers")
-st.markdown(
-    "**Denoised smoothing** (Carlini et al., 2023) makes any pretrained classifier *provably* robust: add "
-    "Gaussian noise of level σ to the image, remove it again with one step of a diffusion model, classify, and "
-    "take a majority vote over many noise draws. Randomized smoothing (Cohen et al., 2019) then certifies an ℓ2 "
-    "radius within which no perturbation can change the vote.\n\n"
-    "**Hallucination**: the denoiser does not return the original image but a plausible one, which at high "
-    "noise can belong to another class. A classifier that trusts it is then confidently wrong.\n\n"
-    "**FT-CADIS** (Jang et al., TMLR 2024) fine-tunes the classifier only on denoised draws it still gets right "
-    "(non-hallucinated) and makes its prediction stable around them, which raises certified accuracy."
-)
+st.markdown("A classifier trained on clean images is easy to fool. **Randomized smoothing** (Cohen et al., 2019) makes "
+            "it *provably* robust: it votes over many noisy copies of the image, and the vote cannot change within a "
+            "certified ℓ2 radius. Five steps, one page each:")
 
+STORY = [
+    ("pages/models.py", ":material/extension:", "1 · An off-the-shelf classifier",
+     "A small ViT trained on clean Fashion-MNIST (or any timm / transformers model). Noise breaks it."),
+    ("pages/overview.py", ":material/blur_on:", "2 · Denoised smoothing",
+     "Add Gaussian noise of level σ, remove it with one step of a diffusion model, classify, vote over many "
+     "draws (Carlini et al., 2023). See the strip below."),
+    ("pages/hallucinations.py", ":material/visibility:", "3 · Hallucinations",
+     "At high noise the denoiser returns a plausible image of another class: a shirt becomes a bag. Try the "
+     "classroom example."),
+    ("pages/finetuning.py", ":material/tune:", "4 · FT-CADIS",
+     "Fine-tune the classifier on the denoised draws it still gets right, and make it consistent around them "
+     "(Jang et al., 2024). The quick demo takes a few minutes."),
+    ("pages/certification.py", ":material/verified:", "5 · Certified radii",
+     "Certify your model image by image and compare it with the off-the-shelf baseline."),
+]
+for page, icon, label, text in STORY:
+    left, right = st.columns([1, 3], vertical_alignment="center")
+    left.page_link(page, label=label, icon=icon)
+    right.markdown(text)
+
+# Below the story: the heavy part (torch, the models), loaded while the visitor reads.
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from cadis_core.hallucination import score_draws  # noqa: E402
+from cadis_core.ui.models import is_custom  # noqa: E402
+from cadis_core.ui.pictures import to_uint8  # noqa: E402
+from pages._common import bundle, errors_shown  # noqa: E402
+
+st.subheader("Clean → noisy → denoised → prediction")
 b = bundle()
 p = b.preset
-st.subheader("Clean → noisy → denoised → prediction")
 c1, c2 = st.columns([1, 3])
 sigma = c1.select_slider("Noise level σ", [0.12, 0.25, 0.5, 0.75, 1.0], value=p.sigma if p.sigma in
                          (0.12, 0.25, 0.5, 0.75, 1.0) else 0.25, key="ov_sigma")

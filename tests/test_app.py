@@ -1,4 +1,4 @@
-"""The Streamlit app (AppTest, every page and its main controls) and the pure helpers in cadis_core.ui_support.
+"""The Streamlit app (AppTest, every page and its main controls) and the pure helpers in cadis_core.ui.
 
 Models: $CADIS_TEST_MODELS = `preset` (assets/models), `tiny` (random tiny models from conftest) or a directory
 holding fmnist-ddpm/ and fmnist-vit/; by default the preset when its assets exist, else the tiny models.
@@ -23,17 +23,13 @@ from scipy.stats import norm
 
 from cadis_core.errors import CadisError
 from cadis_core.loading import load_classifier
-from cadis_core.smoothing import lower_confidence_bound
-from cadis_core.ui_support import (
-    MAX_UPLOAD_BYTES,
-    certify_one,
-    check_run_parameters,
-    finetuned_models,
-    image_from_bytes,
-    load_bundle,
-    model_source,
-    pick_indices,
-)
+from cadis_core.smoothing import Certificate, lower_confidence_bound
+from cadis_core.training_curves import metric_label
+from cadis_core.ui.certification import certificate_row, certify_one
+from cadis_core.ui.hosting import HOSTED_LIMITS, check_limits
+from cadis_core.ui.models import finetuned_models, load_bundle, model_source
+from cadis_core.ui.turns import Turns
+from cadis_core.ui.uploads import MAX_UPLOAD_BYTES, check_run_parameters, image_from_bytes, pick_indices
 
 from conftest import model_env
 
@@ -176,7 +172,7 @@ def test_hallucinations_multistep():
     assert_clean(at)
     state = at.session_state["hal_results"]
     assert state["mode"] == "multistep" and len(state["results"][0].scores["off-the-shelf"]["top1"]) == 2
-    assert any(c.value.startswith("σ = 0.25, multistep, 2 draws") for c in at.caption)
+    assert any(c.value.startswith("σ = 0.25, multistep (3 reverse steps): 2 draws") for c in at.caption)
 
 
 def test_hallucination_upload_without_label_uses_majority_vote():
@@ -208,6 +204,22 @@ def test_bad_upload_shows_an_error(name, data, message):
     assert not at.exception
     assert any(message in e.value for e in at.error), [e.value for e in at.error]
     assert at.button(key="cert_run").disabled  # nothing valid to certify
+
+
+def test_an_upload_over_the_limit_is_refused_before_it_is_buffered():
+    # `streamlit run` reads .streamlit/config.toml (the Dockerfile copies it): its server refuses a body over
+    # maxUploadSize from the Content-Length header, before reading it. The widget states the same limit, and what
+    # gets through is checked again by the app.
+    tomllib = pytest.importorskip("tomllib")
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] * 2**20 == MAX_UPLOAD_BYTES <= 25 * 2**20
+    assert "COPY --chown=user .streamlit .streamlit" in (ROOT / "Dockerfile").read_text()
+    at = app_at("certification")
+    at.radio(key="cert_how").set_value("Upload").run()
+    assert at.file_uploader(key="cert_files").proto.max_upload_size_mb == config["server"]["maxUploadSize"]
+    at.file_uploader(key="cert_files").upload("big.png", b"\x89PNG" + b"\0" * MAX_UPLOAD_BYTES, "image/png").run()
+    assert any("the limit is 20 MB" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="cert_run").disabled
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -254,8 +266,9 @@ def test_certification_small_n(bundle, app_env):
     assert at.image[0].captions[0].startswith("#3 ") and "R = " in at.image[0].captions[1]
     assert len(at.get("plotly_chart")) == 3  # radii bars, accuracy vs radius, per class
     runs_offered = at.multiselect(key="cert_runs").options
-    assert "demo_s025" in runs_offered and any(o.startswith("this session σ=0.25 (2 images)") for o in runs_offered)
-    session_run = next(o for o in runs_offered if o.startswith("this session"))
+    session_run = "this session: off-the-shelf, σ=0.25, N=60, α=0.001 (2 images)"  # all that produced it
+    assert "demo_s025" in runs_offered and session_run in runs_offered
+    assert session_run in at.multiselect(key="cert_runs").value  # a new run joins the comparison
     # the default selection is the first few runs; how many ship in assets/ must not matter here
     at.multiselect(key="cert_runs").set_value([session_run, "demo_s025"]).run()
     acr = at.dataframe[1].value
@@ -267,11 +280,14 @@ def test_certification_small_n(bundle, app_env):
     at.run()
     at.multiselect(key="cert_runs").set_value(["demo_s025", "other_s025", session_run]).run()
     assert_clean(at)
-    assert at.selectbox(key="cert_pair_a").options == ["demo_s025", "other_s025"]
+    # the session's run knows its test-set indices (#3, #5), so it pairs with result files too
+    assert at.selectbox(key="cert_pair_a").options == ["demo_s025", "other_s025", session_run]
+    at.selectbox(key="cert_pair_a").set_value("demo_s025")
+    at.selectbox(key="cert_pair_b").set_value("other_s025").run()
     paired = at.dataframe[2].value
     # r=0: demo alone certifies image 1, other alone images 2 and 3.
     assert (paired.loc["r=0", "only A"], paired.loc["r=0", "only B"], paired.loc["r=0", "images"]) == (1, 2, 4)
-    per_class = next(c for c in at.get("plotly_chart") if '"barmode":"group"' in c.proto.spec.replace(" ", ""))
+    per_class = next(c for c in at.get("plotly_chart") if c.proto.id.endswith("cert_per_class"))
     assert '"Pullover"' in per_class.proto.spec  # class names, not indices
 
 
@@ -280,7 +296,7 @@ def test_finetuning_live_run_then_compare(bundle):
     for key, value in dict(ft_steps=4, ft_batch=4, ft_subset=8, ft_m=2, ft_t=1, ft_eval=2, ft_eval_size=8).items():
         at.number_input(key=key).set_value(value)
     at.selectbox(key="ft_data").set_value(at.selectbox(key="ft_data").options[-1])  # the small demo split
-    at.button[0].click().run()  # the form's Start
+    at.button(key="ft_start").click().run()
     assert_clean(at)
     seen_progress, deadline = [], time.time() + 120
     while time.time() < deadline:
@@ -294,7 +310,8 @@ def test_finetuning_live_run_then_compare(bundle):
     assert at.success, "the run did not finish in time"
     assert any(t.startswith("done: step 4 / 4") for t in seen_progress)
     assert at.get("plotly_chart"), "no live curves"
-    assert {m.label for m in at.metric} >= {"loss_sce", "selection_rate", "mask_rate", "acc_denoised"}
+    assert {m.label for m in at.metric} >= {metric_label(k) for k in ("loss_sce", "selection_rate", "mask_rate",
+                                                                        "acc_denoised")}
     assert at.button(key="ft_stop").disabled  # nothing left to stop
     found = finetuned_models()
     name = at.success[0].value.split("“")[1].split("”")[0]  # shipped models may share part of the name
@@ -304,7 +321,7 @@ def test_finetuning_live_run_then_compare(bundle):
     at.run()
     assert name in at.multiselect(key="ft_past").value
     assert_clean(at)
-    compare = next(c for c in at.get("plotly_chart") if '"test accuracy on denoised images"' in c.proto.spec)
+    compare = next(c for c in at.get("plotly_chart") if c.proto.id.endswith("ft_compare"))
     assert f'"name":"{name}"' in compare.proto.spec.replace(" ", "")
 
     at.switch_page("pages/hallucinations.py").run()
@@ -317,13 +334,152 @@ def test_finetuning_live_run_then_compare(bundle):
     assert list(r0.scores) == ["off-the-shelf", f"fine-tuned: {name}"]
     assert len(at.get("plotly_chart")) == 3 and len(at.metric) == 2
 
+    # "Certify this model": the Certification page opens with it chosen, at the σ it was trained at
+    at.switch_page("pages/finetuning.py").run()
+    at.button(key="ft_certify").click().run()  # st.switch_page: this run shows the Certification page
+    assert_clean(at)
+    assert at.selectbox(key="cert_classifier").value == name and at.number_input(key="cert_sigma").value == 0.5
+    at.switch_page("pages/certification.py")  # AppTest's own page follows (a browser's URL does by itself)
+    at.text_input(key="cert_idx").set_value("0, 1")
+    at.number_input(key="cert_n0").set_value(10)
+    at.number_input(key="cert_n").set_value(40)
+    at.button(key="cert_run").click().run()
+    assert_clean(at)
+    table = at.dataframe[0].value  # both classifiers on the same draws, each row naming its own
+    assert list(table["classifier"]) == [f"fine-tuned: {name}", "off-the-shelf"] * 2
+    assert (table["n"] == 40).all() and (table["sigma"] == 0.5).all() and (table["alpha"] == 0.001).all()
+    model_run = f"this session: fine-tuned: {name}, σ=0.5, N=40, α=0.001 (2 images)"
+    baseline = "this session: off-the-shelf, σ=0.5, N=40, α=0.001 (2 images)"
+    assert {model_run, baseline} <= set(at.multiselect(key="cert_runs").value)  # the none baseline stays
+    assert (at.selectbox(key="cert_pair_a").value, at.selectbox(key="cert_pair_b").value) == (model_run, baseline)
+    assert any("only the classifiers differ" in c.value for c in at.caption)
+    assert any("no image can be certified beyond" in m.value for m in at.markdown)
+
+
+def run_until(at, done, timeout: float = 60) -> None:
+    """Rerun (as the page's polling would) until done(at) or the timeout."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not done(at):
+        time.sleep(0.3)
+        at.run()
+
+
+def test_hosted_a_second_visitor_cannot_see_or_stop_the_first_visitors_run(monkeypatch, bundle):
+    assert "CADIS_HOSTED=1" in (ROOT / "Dockerfile").read_text()  # the Space runs in hosting mode
+    monkeypatch.setenv("CADIS_HOSTED", "1")
+    first = app_at("finetuning")
+    for key, value in dict(ft_steps=300, ft_batch=4, ft_subset=8, ft_m=1, ft_t=1, ft_eval=0, ft_eval_size=0).items():
+        first.number_input(key=key).set_value(value)
+    first.selectbox(key="ft_data").set_value(first.selectbox(key="ft_data").options[-1])
+    first.button(key="ft_start").click().run()
+    assert_clean(first)
+    assert not first.button(key="ft_stop").disabled
+
+    second = app_at("finetuning")  # another browser session: another visitor
+    assert second.button(key="ft_stop").disabled  # nothing of theirs to stop
+    assert any("No fine-tuning run yet" in i.value for i in second.info)  # and the first visitor's run is not shown
+    for key, value in dict(ft_steps=2, ft_batch=4, ft_subset=8, ft_m=1, ft_t=1, ft_eval=0, ft_eval_size=0).items():
+        second.number_input(key=key).set_value(value)
+    second.selectbox(key="ft_data").set_value(second.selectbox(key="ft_data").options[-1])
+    second.button(key="ft_start").click().run()  # the cores are busy: it waits its turn, and says so
+    assert any("Queued: 1 job(s) ahead of yours" in i.value for i in second.info), [i.value for i in second.info]
+    second.button(key="ft_stop").click().run()  # stops (dequeues) their own run only
+    run_until(first, lambda at: at.get("progress") and "step 0 /" not in at.get("progress")[0].proto.text)
+    assert first.get("progress")[0].proto.text.startswith("running:")
+    first.button(key="ft_stop").click().run()
+    run_until(first, lambda at: at.warning)
+    assert any("Stopped" in w.value for w in first.warning)
+
+    # A finished run is its visitor's alone: the other visitor's pages do not offer it
+    for key, value in dict(ft_steps=2, ft_batch=4, ft_subset=8, ft_m=1, ft_t=1, ft_eval=0, ft_eval_size=0).items():
+        first.number_input(key=key).set_value(value)
+    first.button(key="ft_start").click().run()
+    run_until(first, lambda at: at.success)
+    name = first.success[0].value.split("“")[1].split("”")[0]
+    first.switch_page("pages/hallucinations.py").run()
+    assert first.selectbox(key="hal_tuned").value == name  # the visitor's own newest run
+    second.switch_page("pages/hallucinations.py").run()
+    assert name not in second.selectbox(key="hal_tuned").options
+    assert "ft-cadis-detached-s0.25" in second.selectbox(key="hal_tuned").options  # the shipped ones stay
+    second.switch_page("pages/certification.py").run()
+    assert name not in second.selectbox(key="cert_classifier").options
+    second.switch_page("pages/models.py").run()
+    assert name not in set(second.dataframe[1].value["name"])
+    # The shipped recipe is longer than the demo allows: its settings are capped, not refused
+    second.switch_page("pages/finetuning.py").run()
+    second.radio(key="ft_setting").set_value("shipped runs' recipe").run()
+    assert_clean(second)
+    assert (second.number_input(key="ft_steps").value, second.number_input(key="ft_subset").value) == (300, 2000)
+    # N and the number of images are capped
+    second.switch_page("pages/certification.py").run()
+    second.text_input(key="cert_idx").set_value("0-20").run()
+    assert any("pick at most 8 in this shared demo" in e.value for e in second.error)
+
+
+def test_classroom_example():
+    at = app_at("hallucinations")
+    at.button(key="hal_classroom").click().run()
+    assert_clean(at)
+    state = at.session_state["hal_results"]
+    assert state["sigma"] == 1.0 and list(state["runs"]) == ["multistep", "one-shot"]
+    results = state["runs"]["multistep"]
+    assert len(results) == 4 and len(results[0].scores["off-the-shelf"]["top1"]) == 8
+    classes = at.session_state["hal_results"]["runs"]["one-shot"][0].scores  # same images, same noise, both ways
+    assert list(classes) == list(results[0].scores)
+    if "Shirt" in at.selectbox(key="hal_class").options or at.selectbox(key="hal_class").value == 6:
+        assert {r.label for r in results} == {6}  # shirts (Fashion-MNIST)
+    lines = [c.value for c in at.caption if " · multistep: kept" in c.value or " · one-shot: kept" in c.value]
+    assert len(lines) == 4 * 2 * len(classes)
+    assert sum(int(v.rsplit(" ", 1)[1]) for v in lines) > 0  # hallucinated draws on screen
+    assert any(c.value.startswith("σ = 1.0, multistep (10 reverse steps) and one-shot") for c in at.caption)
+
+
+def test_hf_hub_specs_reach_the_hub_loader(monkeypatch):
+    import timm
+
+    calls = []
+
+    def offline(name, *args, **kwargs):  # what timm raises for a hub model that is not cached, offline
+        calls.append(name)
+        raise OSError(f"We couldn't connect to the hub to load {name}")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    at = app_at("models")
+    at.text_input(key="models_classifier").set_value("hf-hub:org/name")
+    at.button[0].click().run()
+    assert not at.exception
+    assert calls == ["hf-hub:org/name"]  # a hub model, not a directory called org/name
+    errors = [e.value for e in at.error]
+    assert any("hub is offline" in e and "hf-hub:org/name" in e for e in errors), errors
+    assert not any("does not exist" in e for e in errors)
+
+
+@pytest.mark.parametrize("which", ["classifier config", "classifier weights", "denoiser config"])
+def test_a_corrupt_model_directory_gives_one_line(tmp_path, tiny_classifier_dir, tiny_denoiser_dir, which):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_denoiser_dir if which.startswith("denoiser") else tiny_classifier_dir, bad)
+    if which.endswith("config"):
+        (bad / ("unet" if (bad / "unet").is_dir() else "") / "config.json").write_text('{"architecture": "vit_ti')
+    else:
+        (bad / "model.safetensors").write_bytes(b"\0" * 64)
+    at = app_at("models")
+    kind = which.split()[0]
+    at.text_input(key=f"models_{kind}").set_value(f"local-dir:{bad}" if kind == "classifier" else str(bad))
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("Could not load") and str(bad) in e and "\n" not in e for e in errors), errors
+    assert "model_choice" not in at.session_state
+
 
 def test_finetuning_stop(bundle):
     at = app_at("finetuning")
     for key, value in dict(ft_steps=500, ft_batch=4, ft_subset=8, ft_m=1, ft_t=1, ft_eval=0, ft_eval_size=0).items():
         at.number_input(key=key).set_value(value)
     at.selectbox(key="ft_data").set_value(at.selectbox(key="ft_data").options[-1])
-    at.button[0].click().run()
+    at.button(key="ft_start").click().run()
     assert not at.button(key="ft_stop").disabled
     at.button(key="ft_stop").click().run()
     deadline = time.time() + 60
@@ -355,7 +511,7 @@ def test_missing_models_give_an_error_on_every_page(monkeypatch):
             assert any("/nonexistent/fmnist-ddpm does not exist" in e.value for e in at.error), page
 
 
-# ---------------------------------------------------------------- ui_support
+# ---------------------------------------------------------------- cadis_core.ui
 
 
 @pytest.mark.parametrize("mode, shape", [("L", (50, 70)), ("RGB", (600, 400, 3)), ("RGBA", (28, 28, 4)),
@@ -398,7 +554,8 @@ def test_float_and_16_bit_uploads_are_rescaled():
 
 
 def test_ui_support_imports_no_ui_library():
-    code = "import sys, cadis_core.ui_support; print(sorted({'streamlit', 'gradio'} & set(sys.modules)))"
+    code = ("import sys, cadis_core.ui.certification, cadis_core.ui.jobs, cadis_core.ui.pictures; "
+            "print(sorted({'streamlit', 'gradio'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -411,6 +568,27 @@ def test_ui_support_imports_no_ui_library():
 def test_upload_errors(data, message):
     with pytest.raises(CadisError, match=message):
         image_from_bytes(data, (1, 28, 28))
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n%%EndComments\n0 0 moveto 28 28 lineto stroke\n%%EOF\n"
+
+
+def test_uploads_open_only_in_the_intended_formats():
+    assert Image.open(io.BytesIO(EPS)).format == "EPS"  # PIL alone would hand it to Ghostscript on load
+    with pytest.raises(CadisError, match="not an image in a format the app reads"):
+        image_from_bytes(EPS, (1, 28, 28), "shirt.png")
+    for fmt in ["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"]:  # every accepted format still opens
+        assert image_from_bytes(png(np.full((28, 28), 200, np.uint8), fmt), (1, 28, 28)).shape == (1, 28, 28)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_are_refused(value):
+    arr = np.full((28, 28), 0.5, np.float32)
+    arr[3, 4] = value
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "TIFF")
+    with pytest.raises(CadisError, match="non-finite pixels"):
+        image_from_bytes(buf.getvalue(), (1, 28, 28), "float.tif")
 
 
 def test_run_parameter_checks():
@@ -446,3 +624,130 @@ def test_two_sessions_certifying_at_once_queue_on_the_lock(bundle):
     session("third")
     assert waited == ["second"] and len(results) == 2
     assert results[0].prediction == results[1].prediction and results[0].count_a == results[1].count_a
+
+
+def test_turns_are_first_come_first_served_and_tell_the_place_in_line():
+    turns = Turns(poll_s=0.02)
+    order, seen = [], {"b": [], "c": []}
+
+    def job(name: str) -> None:
+        with turns.turn(on_position=seen[name].append):
+            order.append(name)
+            time.sleep(0.2)  # long enough for the one behind to see its place move
+
+    with turns:  # a is busy; b, then c, queue behind it
+        b = threading.Thread(target=job, args=("b",))
+        b.start()
+        time.sleep(0.2)
+        c = threading.Thread(target=job, args=("c",))
+        c.start()
+        time.sleep(0.2)
+        assert turns.waiting() == 2 and seen == {"b": [1], "c": [2]}
+    b.join(5)
+    c.join(5)
+    assert order == ["b", "c"] and seen["c"] == [2, 1] and not turns.locked()
+
+
+def _job(owner: str, steps: int = 1):
+    from cadis_core.finetune import FinetuneConfig
+    from cadis_core.ui.jobs import FinetuneJob
+
+    job = FinetuneJob(FinetuneConfig(steps=steps, batch_size=1), None, None, None, owner=owner, estimate_s=10.0)
+    job.start = lambda: setattr(job, "status", "running") or job  # no thread: the queue's bookkeeping alone
+    return job
+
+
+def test_the_job_queue_runs_one_job_and_numbers_the_waiters():
+    from cadis_core.ui.jobs import JobQueue
+
+    queue = JobQueue()
+    a, b, c = (queue.submit(_job(o)) for o in "abc")
+    assert (a.status, b.status, c.status) == ("running", "queued", "queued")
+    assert (queue.position(a), queue.position(b), queue.position(c)) == (0, 1, 2)
+    b.stop()  # a waiter leaves the line; the one behind moves up
+    assert b.status == "cancelled" and queue.position(c) == 1 and queue.latest("b") is b
+    a.status = "done"
+    a.on_finish(a)  # what the worker thread does at the end
+    assert c.status == "running" and queue.running() is c and queue.wait_ahead_s(c) == 0.0
+
+
+def test_run_time_estimates_and_warmup():
+    from cadis_core.finetune import FinetuneConfig
+    from cadis_core.ui.jobs import QUICK_DEMO, Speed, duration, estimate_seconds, warmup_for
+
+    speed = Speed(denoise_s=0.01, classify_s=0.002)
+    ce = FinetuneConfig(method="denoised-ce", steps=100, batch_size=16, num_draws=2, eval_every=0, eval_size=0)
+    madv = FinetuneConfig(method="ft-cadis", steps=100, batch_size=16, num_draws=2, adv_steps=1, eval_every=0,
+                          eval_size=0)
+    assert estimate_seconds(ce, speed) == pytest.approx(100 * 32 * 0.012 + 2)
+    assert estimate_seconds(madv, speed) > estimate_seconds(ce, speed)  # the attack and the consistency pass
+    assert (warmup_for(1000), warmup_for(120), warmup_for(4)) == (50, 6, 1)  # 5% of the run, at least one step
+    assert QUICK_DEMO["steps"] <= HOSTED_LIMITS.steps and QUICK_DEMO["batch_size"] <= HOSTED_LIMITS.batch
+    assert [duration(s) for s in (12, 300, 7200)] == ["about 10 s", "about 5 min", "about 2.0 h"]
+
+
+def test_hosting_caps(monkeypatch):
+    monkeypatch.delenv("CADIS_HOSTED", raising=False)
+    check_limits(n=100_000, images=64, steps=50_000, subset=0)  # the local app keeps full power
+    monkeypatch.setenv("CADIS_HOSTED", "1")
+    for values, message in [({"n": 5000}, "N is capped at 2000"), ({"images": 9}, "capped at 8"),
+                            ({"steps": 1000}, "steps is capped"), ({"subset": 0}, "got all")]:
+        with pytest.raises(CadisError, match=message):
+            check_limits(**values)
+    check_limits(n=2000, images=8, steps=300, subset=2000)
+
+
+def test_one_colour_per_classifier_or_method():
+    from cadis_core.ui.style import METHOD_COLOURS, VERDICT_COLOURS, colour_of, method_of
+
+    assert colour_of("none σ=0.25") == colour_of("off-the-shelf") == colour_of("this session: off-the-shelf, σ=0.5")
+    assert method_of("fine-tuned: fashion-mnist-ft-cadis-s0.5-20250101-120000") == "ft-cadis"
+    assert method_of("ft-cadis-detached-lam1 σ=0.25") == "ft-cadis-detached-lam1"
+    assert colour_of("someone's model") == colour_of("someone's model")  # stable for unknown names too
+    reds_and_greens = {VERDICT_COLOURS["hallucinated"], VERDICT_COLOURS["kept"], VERDICT_COLOURS["abstain"]}
+    assert not reds_and_greens & set(METHOD_COLOURS.values())  # a fine-tuned model is never "hallucinated" red
+
+
+def _run(config: dict, idx=(0, 1)) -> pd.DataFrame:
+    df = pd.DataFrame({"idx": list(idx), "label": [1, 2], "predict": [1, 2], "radius": [0.3, 0.2]})
+    df["correct"] = 1
+    df.attrs["config"] = config
+    return df
+
+
+def test_session_runs_name_what_produced_them_and_meet_their_baseline():
+    from cadis_core.ui.certification import default_pair, default_runs, session_results, shared_draws
+
+    cert = Certificate(1, 0.3, 90, 100, 0.9)
+    rows = [certificate_row(f"#{i}", 1, cert, np.array([0, 90, 10]), ["a", "b", "c"], 0.5, classifier=clf, n0=10,
+                            alpha=0.001, idx=i, seed=k)
+            for k, i in enumerate([4, 7]) for clf in ["fine-tuned: x", "off-the-shelf"]]
+    rows.append(certificate_row("#4", 1, cert, np.array([0, 90, 10]), ["a", "b", "c"], 0.25, n0=10, alpha=0.001,
+                                idx=4, seed=0))
+    session = session_results(rows, {"fine-tuned: x": "ft-cadis"})
+    model, base, other = "this session: fine-tuned: x, σ=0.5, N=100, α=0.001 (2 images)", \
+        "this session: off-the-shelf, σ=0.5, N=100, α=0.001 (2 images)", \
+        "this session: off-the-shelf, σ=0.25, N=100, α=0.001 (1 image)"
+    assert list(session) == [model, base, other]  # grouped by classifier, σ, N and α
+    assert list(session[model]["idx"]) == [4, 7] and shared_draws(session[model], session[base])
+    shipped = {"none σ=0.5": _run({"method": "none", "sigma": 0.5, "n": 1000, "alpha": 0.001}),
+               "ft σ=0.5": _run({"method": "ft-cadis", "sigma": 0.5, "n": 1000, "alpha": 0.001}),
+               "none σ=0.25": _run({"method": "none", "sigma": 0.25, "n": 1000, "alpha": 0.001})}
+    assert default_runs({}, shipped, 0.25) == ["none σ=0.25"]
+    assert default_runs({model: session[model]}, shipped, 0.25) == [model, "none σ=0.5"]
+    runs = {**session, **shipped}
+    assert default_runs(session, shipped, 0.25)[:3] == [model, base, "none σ=0.5"]
+    assert default_pair([model, base, "none σ=0.5", "ft σ=0.5"], runs) == (model, base)  # same draws first
+    assert default_pair(["none σ=0.5", "ft σ=0.5"], runs) == ("ft σ=0.5", "none σ=0.5")
+
+
+def test_a_job_measures_its_starting_point(bundle):
+    # The live test-accuracy curve starts at the off-the-shelf classifier, on the run's own images and noise.
+    from cadis_core.finetune import FinetuneConfig, evaluate_denoised
+    from cadis_core.ui.jobs import FinetuneJob
+
+    config = FinetuneConfig(steps=1, batch_size=4, sigma=0.5, eval_size=16, eval_every=1, seed=3)
+    job = FinetuneJob(config, bundle.denoiser, bundle.classifier, bundle.dataset, bundle.dataset)
+    job._baseline()
+    expected = evaluate_denoised(bundle.classifier, bundle.denoiser, bundle.dataset, 0.5, 16, 4, 3)
+    assert job.evals == [{"kind": "eval", "step": 0, "test_acc_denoised": expected}]

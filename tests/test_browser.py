@@ -1,12 +1,15 @@
 """A real browser (Debian's chromium through playwright) against `streamlit run app.py`.
 
-Visits every page, runs the hallucination grid and a certification, checks that the results are on screen,
-and saves screenshots in test-artifacts/. Models as in test_app.py ($CADIS_TEST_MODELS).
+Visits every page, runs the hallucination grid and a certification, walks the classroom path (Overview →
+Hallucinations' classroom example → a quick fine-tune → certify that model), checks that the results are on
+screen, and saves screenshots in test-artifacts/ (every page at 1400 and 390 px wide). Models as in test_app.py
+($CADIS_TEST_MODELS).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -100,6 +103,14 @@ PAGES = [("", "cadis: provable robustness"), ("hallucinations", "Why denoisers h
          ("finetuning", "FT-CADIS fine-tuning"), ("certification", "Certified radii"), ("models", "Presets")]
 
 
+def fill(page, values: list[tuple[str, str]]) -> None:
+    """Type into number/text inputs by label, each followed by the rerun it triggers."""
+    for label, value in values:
+        page.get_by_label(label, exact=True).fill(value)
+        page.get_by_label(label, exact=True).press("Tab")
+        settle(page)
+
+
 def sidebar_titles(page) -> list[str]:
     return [t.strip().splitlines()[-1] for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
 
@@ -111,13 +122,32 @@ def test_a_deep_link_as_first_request_still_uses_the_app_navigation(page, server
     assert sidebar_titles(page) == ["Overview", "Hallucinations", "Fine-tuning", "Certification", "Models"]
 
 
+WIDTHS = (1400, 390)  # a laptop, a phone
+
+
+def screenshots(page, name: str) -> None:
+    """Full-page screenshots at each width in WIDTHS: test-artifacts/NAME-1400.png, NAME-390.png."""
+    size = page.viewport_size
+    page.mouse.move(0, 0)  # no tooltip over the picture
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(500)  # the layout follows the width
+        # Streamlit scrolls inside its main block, so the window must be as tall as that block's content
+        height = page.evaluate("Math.max(...[...document.querySelectorAll('[data-testid=stMain], "
+                               "[data-testid=stMainBlockContainer]')].map(e => e.scrollHeight), 1000)")
+        page.set_viewport_size({"width": width, "height": min(int(height) + 100, 12_000)})
+        page.wait_for_timeout(300)
+        page.screenshot(path=ARTIFACTS / f"{name}-{width}.png", full_page=True)
+    page.set_viewport_size(size)
+
+
 @pytest.mark.parametrize("path, marker", PAGES)
 def test_every_page_renders(page, server, path, marker):
     visit(page, server, path, marker)
     assert sidebar_titles(page) == ["Overview", "Hallucinations", "Fine-tuning", "Certification", "Models"]
     if path == "":
         page.locator('[data-testid="stImage"] img').nth(2).wait_for()  # clean, noisy, denoised
-    page.screenshot(path=ARTIFACTS / f"page-{path or 'overview'}.png", full_page=True)
+    screenshots(page, f"page-{path or 'overview'}")
 
 
 def test_hallucination_grid_in_the_browser(page, server):
@@ -148,17 +178,17 @@ def test_certification_in_the_browser(page, server):
     expect(page.get_by_text("R = ")).to_have_count(2)  # both images captioned with their radius
     # certificates, ACR table, and the paired comparison of two shipped result files
     expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(3)
-    expect(page.get_by_text("this session σ=0.25 (2 images)").first).to_be_visible()  # joins the comparison
+    # the run names what produced it and joins the comparison, with the shipped none baseline at its σ
+    expect(page.get_by_text("this session: off-the-shelf, σ=0.25, N=50, α=0.001 (2 images)").first).to_be_visible()
+    expect(page.get_by_text("none σ=0.25").first).to_be_visible()
 
 
 def test_finetuning_curves_update_live(page, server):
     # AppTest cannot run st.fragment(run_every=...): here the page must update itself with no further input.
     visit(page, server, "finetuning", "FT-CADIS fine-tuning")
-    for label, value in [("Steps", "8"), ("Batch size", "4"), ("Subset (images, 0 = all)", "8"),
-                         ("M (draws per image)", "1"), ("T (attack steps)", "1"),
-                         ("Evaluate every (steps, 0 = at the end)", "4"), ("Test images per evaluation", "8")]:
-        page.get_by_label(label, exact=True).fill(value)
-        page.get_by_label(label, exact=True).press("Tab")
+    fill(page, [("Steps", "8"), ("Batch size", "4"), ("Subset (images, 0 = all)", "8"), ("M (draws per image)", "1"),
+                ("T (attack steps)", "1"), ("Evaluate every (steps, 0 = at the end)", "4"),
+                ("Test images per evaluation", "8")])
     page.get_by_role("button", name="Start").click()
     page.get_by_text("Saved to").wait_for()  # no click after Start: the fragment polled its way here
     settle(page)
@@ -166,3 +196,56 @@ def test_finetuning_curves_update_live(page, server):
     expect(page.get_by_text("done: step 8 / 8")).to_have_count(1)
     # the live curves once (stale copies go), and the finished runs' comparison and curves
     expect(page.locator('[data-testid="stPlotlyChart"]')).to_have_count(3, timeout=15_000)
+
+
+def test_the_classroom_path(page, server):
+    """Overview → the classroom example (hallucinated draws on screen) → a quick fine-tune whose curves update →
+    certify that model on 2 images: the result names the model, and the none baseline is in the comparison."""
+    visit(page, server, "", "cadis: provable robustness")
+    page.get_by_role("link", name="3 · Hallucinations").click()
+    page.get_by_text("Why denoisers hallucinate").first.wait_for()
+    settle(page)
+    page.get_by_role("button", name=re.compile("Classroom example")).click()
+    page.get_by_text("Hallucination rate per class").wait_for()
+    settle(page)
+    lines = page.get_by_text(re.compile(r"off-the-shelf · (multistep|one-shot): kept \d+, hallucinated \d+"))
+    expect(lines).to_have_count(8)  # 4 shirts × (multistep, one-shot), side by side
+    counts = [int(re.search(r"hallucinated (\d+)", t).group(1)) for t in lines.all_inner_texts()]
+    assert sum(counts) > 0, "the classroom example shows no hallucinated draw"
+    assert page.get_by_text("σ = 1.0, multistep (10 reverse steps) and one-shot").count() == 1
+    screenshots(page, "classroom-example")
+
+    # A quick fine-tune (the quick demo's settings, with few steps so that the test stays short)
+    page.locator('[data-testid="stSidebarNav"] a', has_text="Fine-tuning").click()
+    page.get_by_text("FT-CADIS fine-tuning").first.wait_for()
+    settle(page)
+    expect(page.get_by_text("Estimated time:")).to_have_count(1)
+    fill(page, [("Steps", "6"), ("Batch size", "4"), ("Subset (images, 0 = all)", "16"),
+                ("Evaluate every (steps, 0 = at the end)", "3"), ("Test images per evaluation", "16")])
+    page.get_by_role("button", name="Start").click()
+    page.get_by_text(re.compile(r"(queued|running): step \d+ / 6")).first.wait_for()
+    progress, deadline = set(), time.time() + 240
+    while not page.get_by_text("done: step 6 / 6").count() and time.time() < deadline:
+        progress.update(re.findall(r"(?:queued|running): step \d+ / 6", page.inner_text("body")))
+        page.wait_for_timeout(200)
+    page.get_by_text("done: step 6 / 6").wait_for()  # no click after Start: the page polled its way here
+    assert len(progress) >= 2, f"the curves did not update while the run went: {progress}"
+    settle(page)
+    screenshots(page, "finetuning-quick-demo")
+    name = re.search(r"Pick it as “(.+?)”", page.inner_text("body")).group(1)
+
+    # Certify that model on 2 images
+    page.get_by_role("button", name="Certify this model").click()
+    page.get_by_text("Certified radii").first.wait_for()
+    settle(page)
+    fill(page, [("Test-set indices", "0, 1"), ("N0 (selection draws)", "10"), ("N (estimation draws)", "50")])
+    page.get_by_role("button", name="Certify").click()
+    page.get_by_text("done: 2 images").wait_for()
+    settle(page)
+    body = page.inner_text("body")
+    assert f"fine-tuned: {name}" in body and "and the off-the-shelf baseline" in body
+    runs = page.locator('[data-testid="stMultiSelect"]').first.inner_text()
+    assert f"this session: fine-tuned: {name}, σ=0.5, N=50, α=0.001 (2 images)" in runs
+    assert "this session: off-the-shelf, σ=0.5, N=50, α=0.001 (2 images)" in runs  # the none baseline
+    assert "only the classifiers differ" in body  # the default pair: the model against its baseline, same draws
+    screenshots(page, "certify-the-model")

@@ -137,13 +137,6 @@ def test_certify_a_test_image_names_what_produced_it(client):
     assert Image.open(model_input).size == (28 * 8, 28 * 8)
 
 
-def test_largest_radius_is_sigma_times_the_quantile_of_alpha_to_the_one_over_n(client):
-    _, app = client
-    for sigma, n, alpha in [(0.25, 1000, 0.001), (0.5, 100, 0.01), (1.0, 100_000, 0.001)]:
-        assert app.largest_radius(sigma, n, alpha) == pytest.approx(sigma * norm.ppf(alpha ** (1 / n)), rel=1e-9)
-    assert app.largest_radius(0.25, 1000, 0.001) == pytest.approx(0.6158, abs=1e-4)  # the number
-
-
 @pytest.mark.parametrize("count_a, capped", [(1000, True), (990, False)])
 def test_the_cap_sentence_appears_exactly_when_every_draw_agrees(client, count_a, capped):
     _, app = client

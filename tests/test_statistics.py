@@ -8,7 +8,7 @@ import torch
 from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 
-from cadis_core.smoothing import ABSTAIN, Smooth, lower_confidence_bound
+from cadis_core.smoothing import ABSTAIN, Smooth, lower_confidence_bound, max_radius, radius
 
 
 class KnownProbabilities:
@@ -116,3 +116,11 @@ def test_parameters_out_of_range_or_not_finite_are_refused(kwargs):
 
     with pytest.raises(CadisError, match="must be"):
         check_parameters(**kwargs)
+
+
+@pytest.mark.parametrize("sigma, n, alpha", [(0.25, 1000, 0.001), (0.5, 100, 0.01), (1.0, 10_000, 0.001)])
+def test_max_radius_is_the_radius_of_n_agreeing_draws(sigma, n, alpha):
+    # All N draws agree: the Clopper-Pearson bound is α^(1/N), the largest radius N draws can certify.
+    assert max_radius(sigma, n, alpha) == pytest.approx(sigma * norm.ppf(alpha ** (1 / n)), rel=1e-9)
+    assert max_radius(sigma, n, alpha) == pytest.approx(radius(sigma, lower_confidence_bound(n, n, alpha)))
+    assert max_radius(0.25, 1000, 0.001) == pytest.approx(0.6158, abs=1e-4)  # the cap of the shipped results

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from cadis_core.errors import CadisError
-from cadis_core.training_curves import comparison_figure, curves_figure, read_metrics
+from cadis_core.training_curves import comparison_figure, curves_figure, metric_label, read_metrics
 
 
 def _run(path, evals=(0.8, 0.85)):
@@ -39,8 +39,9 @@ def test_a_missing_or_foreign_log_is_refused(tmp_path, content, message):
 def test_figures_draw_each_metric_and_each_run(tmp_path):
     steps, evals = read_metrics(_run(tmp_path / "a"))
     names = [t.name for t in curves_figure(steps, evals, smooth=3).data]
-    assert names == ["loss", "loss_sce", "loss_madv", "selection_rate", "mask_rate", "acc_denoised", "lr",
-                     "test_acc_denoised"]
+    assert names == [metric_label(n) for n in ["loss", "loss_sce", "loss_madv", "selection_rate", "mask_rate",
+                                               "acc_denoised", "lr", "test_acc_denoised"]]
+    assert metric_label("loss_sce").startswith("L_SCE") and metric_label("unknown") == "unknown"
     smoothed = curves_figure(steps, smooth=3).data[0].y  # rolling mean of 1/s over up to 3 steps
     assert smoothed[2] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
     fig = comparison_figure({"a": tmp_path / "a", "b": _run(tmp_path / "b", (0.7, 0.9))})
@@ -54,3 +55,11 @@ def test_a_torn_last_line_of_a_live_run_is_left_out(tmp_path):
         f.write("step,7,0.14")  # the writer is mid-line (or was killed there)
     steps, _ = read_metrics(run)
     assert steps["step"].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_curve_with_one_point_gets_a_marker(tmp_path):
+    steps, evals = read_metrics(_run(tmp_path / "a"))
+    one = curves_figure(steps.iloc[:1], evals.iloc[:0])
+    assert all(t.mode == "lines+markers" for t in one.data)  # a single point: a line alone draws nothing
+    assert all(t.mode == "lines" for t in curves_figure(steps).data)
+    assert one.layout.xaxis3.title.text == "training step"
