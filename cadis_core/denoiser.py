@@ -31,7 +31,7 @@ def timestep_for_sigma(alphas_cumprod: torch.Tensor, sigma: float) -> int:
 
 def _check_local(path: Path, nested: bool) -> None:
     """The configs and weights of a local diffusers directory, checked before diffusers reads them."""
-    from .loading import check_safetensors, read_json_object
+    from .model_files import check_safetensors, read_json_object
 
     unet_dir, sched_dir = (path / "unet", path / "scheduler") if nested else (path, path)
     for config, kind in ((unet_dir / "config.json", "UNet2DModel"),
@@ -62,7 +62,7 @@ class DiffusionDenoiser(torch.nn.Module):
                         ) -> DiffusionDenoiser:
         """Load from a hub id or a local directory, flat (config.json + scheduler_config.json)
         or pipeline layout (unet/ + scheduler/). Any failure is a CadisError that names the file."""
-        from .loading import check_finite
+        from .model_files import check_finite
 
         path = Path(name_or_path)
         local = path.exists() or str(name_or_path).startswith((".", "/", "~"))

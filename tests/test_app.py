@@ -223,8 +223,8 @@ def test_an_upload_over_the_limit_is_refused_before_it_is_buffered():
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("cert_sigma", 0.0, "sigma must be > 0"),
-    ("cert_sigma", -0.5, "sigma must be > 0"),
+    ("cert_sigma", 0.0, "sigma must be a finite number > 0"),
+    ("cert_sigma", -0.5, "sigma must be a finite number > 0"),
     ("cert_alpha", 0.5, "alpha must be in (0, 0.5)"),
     ("cert_n", 5, "must be at least N0"),
 ])

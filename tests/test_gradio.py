@@ -281,7 +281,7 @@ def test_none_inputs_get_the_demos_own_error(client, source, kw, message):
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"sigma": 0.0}, "sigma must be > 0"),
+    ({"sigma": 0.0}, "sigma must be a finite number > 0"),
     ({"sigma": "abc"}, "σ (sigma) must be a number"),
     ({"n": 50}, "must be at least N0"),
     ({"n": 150.5}, "must be a whole number"),
