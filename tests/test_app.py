@@ -470,7 +470,7 @@ def test_a_corrupt_model_directory_gives_one_line(tmp_path, tiny_classifier_dir,
     at.button[0].click().run()
     assert not at.exception, [e.value for e in at.exception]
     errors = [e.value for e in at.error]
-    assert any(e.startswith("Could not load") and str(bad) in e and "\n" not in e for e in errors), errors
+    assert any(str(bad) in e and "\n" not in e for e in errors), errors  # one line that names the directory
     assert "model_choice" not in at.session_state
 
 
