@@ -183,6 +183,41 @@ def test_certification_in_the_browser(page, server):
     expect(page.get_by_text("none σ=0.25").first).to_be_visible()
 
 
+def test_the_server_refuses_an_upload_over_the_limit_before_reading_it(page, server):
+    import http.client
+    import io
+    from urllib.parse import urlsplit
+
+    from PIL import Image
+
+    visit(page, server, "certification", "Certified radii")
+    page.get_by_text("Upload", exact=True).click()
+    settle(page)
+    uploads = []
+    page.on("request", lambda r: uploads.append(r) if "/_stcore/upload_file/" in r.url and r.method == "PUT"
+            else None)
+    small = io.BytesIO()
+    Image.new("L", (28, 28)).save(small, "PNG")
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+        [{"name": "ok.png", "mimeType": "image/png", "buffer": small.getvalue()}])
+    deadline = time.time() + 30
+    while not uploads and time.time() < deadline:
+        page.wait_for_timeout(100)
+    assert uploads, "no upload request seen"
+    # The same request (session, cookie, XSRF token) announcing 25 MB: refused from its header, no body sent
+    request, url = uploads[0], urlsplit(uploads[0].url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    conn.putrequest("PUT", url.path)
+    for name, value in request.all_headers().items():
+        if name.lower() not in ("content-length", "host") and not name.startswith(":"):
+            conn.putheader(name, value)
+    conn.putheader("Content-Length", str(25 * 2**20))
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413, (response.status, response.read()[:200])
+    conn.close()
+
+
 def test_finetuning_curves_update_live(page, server):
     # AppTest cannot run st.fragment(run_every=...): here the page must update itself with no further input.
     visit(page, server, "finetuning", "FT-CADIS fine-tuning")
