@@ -126,7 +126,9 @@ def test_cadis_core_has_no_import_cycle():
             if isinstance(node, ast.ImportFrom):
                 parts = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
                 target = ".".join(parts + ([node.module] if node.module else []))
-                deps |= {target, *(f"{target}.{a.name}" for a in node.names)}
+                named = {f"{target}.{a.name}" for a in node.names}
+                # `from . import sub` needs the submodule; its package is every submodule's parent anyway
+                deps |= named if not node.module and named <= modules.keys() else {target, *named}
             elif isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names}
         graph[name] = (deps & modules.keys()) - {name}
