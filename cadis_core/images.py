@@ -61,7 +61,7 @@ def open_image(data: bytes, name: str = "the file"):
         raise
     except UnidentifiedImageError as e:
         raise CadisError(f"{name} is not an image in an accepted format ({FORMAT_NAMES}), whatever its name "
-                         "says; upload one of those.") from e
+                         "says, so not an image in a format the app reads; upload one of those.") from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise CadisError(f"{name} is corrupt or truncated ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                          "; re-export it and upload again.") from e
@@ -99,8 +99,8 @@ def to_tensor(img, shape: tuple[int, int, int], invert: bool | None = None, name
         arr = np.asarray(img, dtype=np.float64)
         if not np.isfinite(arr).all():
             bad = int((~np.isfinite(arr)).sum())
-            raise CadisError(f"{name} has {bad} pixel{'s' if bad > 1 else ''} that are NaN or infinite; "
-                             "export it with finite values (e.g. as an 8-bit PNG) and upload again.")
+            raise CadisError(f"{name} has {bad} pixel{'s' if bad > 1 else ''} that are NaN or infinite "
+                             "(non-finite pixels); export it with finite values (e.g. an 8-bit PNG) and upload again.")
         peak = float(arr.max()) if arr.size else 0.0
         if img.mode.startswith("I;16"):
             top = 65535.0

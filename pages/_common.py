@@ -17,11 +17,12 @@ import torch
 
 from cadis_core.data import load_dataset
 from cadis_core.errors import CadisError
+from cadis_core.images import MAX_UPLOAD_BYTES, image_from_bytes
 from cadis_core.loading import load_classifier
 from cadis_core.presets import SEARCH_ROOTS, Preset
 from cadis_core.ui.hosting import hosted, limits, model_roots, new_visitor
 from cadis_core.ui.models import ModelBundle, finetuned_models, load_bundle, model_source
-from cadis_core.ui.uploads import IMAGE_TYPES, MAX_UPLOAD_BYTES, image_from_bytes, pick_indices
+from cadis_core.ui.uploads import IMAGE_TYPES, pick_indices
 
 if os.environ.get("CADIS_TORCH_THREADS"):  # e.g. 1 when other jobs keep the cores busy (oversubscription is slow)
     torch.set_num_threads(int(os.environ["CADIS_TORCH_THREADS"]))

@@ -22,6 +22,7 @@ from PIL import Image
 from scipy.stats import norm
 
 from cadis_core.errors import CadisError
+from cadis_core.images import MAX_UPLOAD_BYTES, image_from_bytes
 from cadis_core.loading import load_classifier
 from cadis_core.smoothing import Certificate, lower_confidence_bound
 from cadis_core.training_curves import metric_label
@@ -29,7 +30,7 @@ from cadis_core.ui.certification import certificate_row, certify_one
 from cadis_core.ui.hosting import HOSTED_LIMITS, check_limits
 from cadis_core.ui.models import finetuned_models, load_bundle, model_source
 from cadis_core.ui.turns import Turns
-from cadis_core.ui.uploads import MAX_UPLOAD_BYTES, check_run_parameters, image_from_bytes, pick_indices
+from cadis_core.ui.uploads import check_run_parameters, pick_indices
 
 from conftest import model_env
 
