@@ -40,17 +40,35 @@ def score_draws(smooth: DenoisedSmoothing, x: torch.Tensor, label: int | None, n
     `classifiers` (default: `smooth.classifier`), one DrawScores each on the same draws. A draw is
     hallucinated when its top-1 class differs from `label` (or, with no label, from the majority vote
     of that classifier's draws)."""
+    return _score_stack(smooth, [x], [label], num, [seed], classifiers)[0]
+
+
+def _score_stack(smooth: DenoisedSmoothing, xs: Sequence[torch.Tensor], labels: Sequence[int | None], num: int,
+                 seeds: Sequence[int], classifiers: Sequence[torch.nn.Module] | None = None) -> list[list[DrawScores]]:
+    """`score_draws` for several images of one shape in shared denoiser and classifier batches; image k's
+    noise comes from its own seed, so its draws are those `score_draws` gives it alone."""
     classifiers = [smooth.classifier] if classifiers is None else classifiers
-    gen = smooth.generator(x, seed)
-    out = []
-    with torch.inference_mode(), smooth.acceleration.autocast(x.device):
-        noisy = torch.randn((num, *x.shape), generator=gen, device=x.device).mul_(smooth.sigma).add_(x)
-        denoised = torch.cat([smooth.denoise(b, generator=gen) for b in noisy.split(smooth.batch_size)])
+    gens = [smooth.generator(x, seed) for x, seed in zip(xs, seeds)]
+    with torch.inference_mode(), smooth.acceleration.autocast(xs[0].device):
+        noisy = torch.stack([torch.randn((num, *x.shape), generator=gen, device=x.device).mul_(smooth.sigma).add_(x)
+                             for x, gen in zip(xs, gens)])
+        # multistep denoising draws from the generator too: callers stack one image at a time then
+        batches = noisy.flatten(0, 1).split(smooth.batch_size)
+        denoised = torch.cat([smooth.denoise(b, generator=gens[0]) for b in batches]).view(noisy.shape)
+        scores = []
         for classifier in classifiers:
-            probs = torch.cat([classifier(b).float().softmax(1) for b in denoised.split(smooth.batch_size)])
-            confidence, top1 = probs.max(1)
-            reference = int(torch.bincount(top1, minlength=probs.shape[1]).argmax()) if label is None else label
-            out.append(DrawScores(noisy, denoised, probs, top1, confidence, top1 != reference, reference))
+            batches = denoised.flatten(0, 1).split(smooth.batch_size)
+            probs = torch.cat([classifier(b).float().softmax(1) for b in batches])
+            scores.append(probs.view(len(xs), num, -1))
+    out = []
+    for k, label in enumerate(labels):
+        per_classifier = []
+        for probs in scores:
+            confidence, top1 = probs[k].max(1)
+            reference = int(torch.bincount(top1, minlength=probs.shape[-1]).argmax()) if label is None else label
+            per_classifier.append(DrawScores(noisy[k], denoised[k], probs[k], top1, confidence, top1 != reference,
+                                             reference))
+        out.append(per_classifier)
     return out
 
 
@@ -75,15 +93,25 @@ def score_images(smooth: DenoisedSmoothing, images: list[tuple[str, torch.Tensor
         raise CadisError(f"The number of draws must be >= 1 (got {draws}).")
     if not classifiers:
         raise CadisError("Choose at least one classifier to score the draws with.")
+    # One-shot draws of several images share the denoiser's batches; multistep ones go one image at a time.
+    per_call = max(1, smooth.batch_size // draws) if smooth.mode == "one-shot" else 1
     out = []
-    for k, (name, x, label) in enumerate(images):
-        scored = score_draws(smooth, x, label, draws, seed + k, list(classifiers.values()))
-        scores = {cname: {"top1": s.top1.tolist(), "confidence": s.confidence.tolist(),
-                          "hallucinated": s.hallucinated.tolist(), "reference": s.reference_label}
-                  for cname, s in zip(classifiers, scored)}
-        out.append(ImageDraws(name, x, label, scored[0].noisy, scored[0].denoised, scores))
-        if progress is not None:
-            progress(k + 1, len(images))
+    k = 0
+    while k < len(images):
+        chunk = [images[k]]
+        while (len(chunk) < per_call and k + len(chunk) < len(images)
+               and images[k + len(chunk)][1].shape == chunk[0][1].shape):
+            chunk.append(images[k + len(chunk)])
+        stacked = _score_stack(smooth, [x for _, x, _ in chunk], [label for _, _, label in chunk], draws,
+                               [seed + k + j for j in range(len(chunk))], list(classifiers.values()))
+        for (name, x, label), scored in zip(chunk, stacked):
+            scores = {cname: {"top1": s.top1.tolist(), "confidence": s.confidence.tolist(),
+                              "hallucinated": s.hallucinated.tolist(), "reference": s.reference_label}
+                      for cname, s in zip(classifiers, scored)}
+            out.append(ImageDraws(name, x, label, scored[0].noisy, scored[0].denoised, scores))
+            k += 1
+            if progress is not None:
+                progress(k, len(images))
     return out
 
 

@@ -10,7 +10,7 @@ from cadis_core.classifier import ImageClassifier
 from cadis_core.data import load_dataset
 from cadis_core.denoiser import DiffusionDenoiser
 from cadis_core.errors import CadisError
-from cadis_core.hallucination import auroc, detector_summary, draws_frame, roc_curve, score_images
+from cadis_core.hallucination import auroc, detector_summary, draws_frame, roc_curve, score_draws, score_images
 from cadis_core.smoothing import DenoisedSmoothing
 
 
@@ -34,6 +34,24 @@ def test_classifiers_are_scored_on_the_same_draws(tiny_denoiser_dir):
     assert detector_summary(frame).loc["a", "draws"] == 12
     with pytest.raises(CadisError, match="draws must be >= 1"):
         score_images(smooth, images, 0, {"a": clf})
+
+
+def test_images_scored_in_shared_batches_get_their_own_draws(tiny_denoiser_dir):
+    from conftest import make_tiny_vit
+
+    torch.manual_seed(0)
+    clf = ImageClassifier(make_tiny_vit().eval(), (1, 28, 28), (0.5,), (0.5,))
+    # batch_size 8 with 3 draws: two images per denoiser call, so the 5 images span three calls
+    smooth = DenoisedSmoothing(DiffusionDenoiser.from_pretrained(tiny_denoiser_dir), clf, 0.5, batch_size=8)
+    test = load_dataset("fashion-mnist", "test")
+    images = [(f"#{i}", *test[i]) for i in range(5)]
+    batched = score_images(smooth, images, 3, {"a": clf}, seed=7)
+    for k, (_, x, label) in enumerate(images):
+        [alone] = score_draws(smooth, x, label, 3, seed=7 + k)
+        assert torch.equal(batched[k].noisy, alone.noisy)  # image k's own seed
+        torch.testing.assert_close(batched[k].denoised, alone.denoised, atol=1e-5, rtol=1e-5)
+        assert batched[k].scores["a"]["top1"] == alone.top1.tolist()
+    assert len({r.denoised.sum().item() for r in batched}) == 5  # no image got another's draws
 
 
 def test_roc_and_auroc_match_the_rank_statistic():
