@@ -19,6 +19,7 @@ import io
 import json
 import os
 import shutil
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import torch
 from .checkpoint import load_checkpoint, save_checkpoint, write_atomic
 from .classifier import ImageClassifier
 from .errors import CadisError
+from .finetune_config import FinetuneConfig
 from .loading import check_finite, save_classifier
 from .presets import PROJECT_ROOT
 
@@ -121,7 +123,10 @@ def check_writable(out: str | Path) -> None:
 
 
 def _compared(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in NOT_COMPARED}
+    """The settings that must match to resume. A setting at its default counts as absent, so a run saved before
+    a new setting existed resumes under a version that has it."""
+    defaults = {f.name: f.default for f in fields(FinetuneConfig)}
+    return {k: v for k, v in config.items() if k not in NOT_COMPARED and not (k in defaults and v == defaults[k])}
 
 
 def check_out_dir(out: Path, meta: dict[str, Any], state: dict[str, Any] | None) -> None:
@@ -139,8 +144,8 @@ def check_out_dir(out: Path, meta: dict[str, Any], state: dict[str, Any] | None)
                       "base_weights": state.get("base_weights", meta["base_weights"])})
     for old in saved:
         if _compared(old["config"]) != _compared(meta["config"]) or old.get("classifier") != meta["classifier"]:
-            diff = sorted(k for k in meta["config"] if k not in NOT_COMPARED
-                          and old["config"].get(k) != meta["config"][k])
+            new, was = _compared(meta["config"]), _compared(old["config"])
+            diff = sorted(k for k in new.keys() | was.keys() if new.get(k) != was.get(k))
             raise CadisError(f"{out} holds a fine-tuning run with another configuration "
                              f"(differs in: {', '.join(diff) or 'classifier'}); use another --out, or pass --fresh "
                              "to replace that run.")
