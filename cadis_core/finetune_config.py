@@ -62,6 +62,7 @@ class FinetuneConfig:
     adv_steps: int = 4  # T steps of the search
     warm_start: bool = True
     detach_target: bool = False  # stop p̄'s gradient in L_MAdv (ablation; the authors keep it)
+    madv_class_balance: bool = False  # ours: class-balanced L_MAdv (objective.class_balance_weights)
     lora: bool = True  # False: full fine-tuning
     lora_r: int = 4
     lora_alpha: float = 4.0
@@ -123,7 +124,7 @@ class FinetuneConfig:
 
     def loss(self) -> FTCadisLoss:
         return FTCadisLoss(self.method, self.sigma, self.num_draws, self.lam, self.eps, self.adv_steps,
-                           self.warm_start, self.detach_target)
+                           self.warm_start, self.detach_target, self.madv_class_balance)
 
 
 @dataclass(frozen=True)

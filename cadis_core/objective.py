@@ -15,6 +15,11 @@ As in the authors' train.py, L_MAdv keeps p̄'s gradient: the KL pulls the clean
 and the adversarial one towards each other (as in TRADES); only the PGD search sees a fixed target.
 `detach_target=True` stops that gradient (the `ft-cadis-detached` ablation of `results`).
 
+Ours, beyond the paper: `class_balance=True` reweights L_MAdv so each class in the batch gets the share of it
+that it has of the batch, as if every class had the batch's mask rate (`class_balance_weights`). The mask
+keeps few images of a class whose draws are often hallucinated (Shirt), so its boundary gets little of the
+consistency term while its neighbours' push into it.
+
 Methods: `denoised-ce` (CE on all M draws, the plain denoised fine-tuning baseline), `ft-cadis`
 (L_SCE + L_MAdv), `sce-only` (L_SCE alone) and `ce-madv` (CE on all draws + L_MAdv, keeping its
 mask). `none` means no training and has no loss.
@@ -160,9 +165,21 @@ def pgd_denoised(classifier: torch.nn.Module, x: torch.Tensor, eta0: torch.Tenso
     return eta.detach()
 
 
-def madv_loss(p_bar: torch.Tensor, adv_logits: torch.Tensor, mask: torch.Tensor, lam: float) -> torch.Tensor:
-    """L_MAdv per image, [B]: λ · mask · max_i KL(p̄ ‖ softmax(F(x + η_i*)))."""
-    return lam * mask.to(adv_logits.dtype) * consistency_kl(p_bar, adv_logits).amax(1)
+def madv_loss(p_bar: torch.Tensor, adv_logits: torch.Tensor, mask: torch.Tensor, lam: float,
+              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """L_MAdv per image, [B]: λ · mask · max_i KL(p̄ ‖ softmax(F(x + η_i*))), times `weight` [B] if given."""
+    loss = lam * mask.to(adv_logits.dtype) * consistency_kl(p_bar, adv_logits).amax(1)
+    return loss if weight is None else loss * weight.to(loss.dtype)
+
+
+def class_balance_weights(mask: torch.Tensor, y: torch.Tensor, cap: float = 4.0) -> torch.Tensor:
+    """Ours (not in the paper): per-image weights [B] on L_MAdv, w = (batch mask rate) / (mask rate of the
+    image's class in the batch), capped at `cap` so one kept image of a rare class cannot dominate. Without the
+    cap, the weights of the masked images sum to their number and each class's share equals its share of the batch."""
+    classes, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
+    kept = torch.zeros(len(classes), device=y.device).index_add_(0, inverse, mask.float())
+    weight = mask.float().mean() / (kept / counts).clamp_min(1e-12)
+    return weight[inverse].clamp(max=cap) * mask
 
 
 @dataclass
@@ -175,7 +192,8 @@ class FTCadisLoss:
     selection_rate, reported under both names) and warm_start_rate (share of images with no correct
     draw, trained on their lowest-CE draw under warm start).
 
-    `detach_target` stops p̄'s gradient in L_MAdv (an ablation; the authors keep it).
+    `detach_target` stops p̄'s gradient in L_MAdv (an ablation; the authors keep it); `class_balance`
+    reweights L_MAdv per class (ours).
     """
 
     method: str = "ft-cadis"
@@ -186,6 +204,7 @@ class FTCadisLoss:
     adv_steps: int = 4
     warm_start: bool = True
     detach_target: bool = False
+    class_balance: bool = False  # ours: class-balanced L_MAdv (`class_balance_weights`)
 
     def __post_init__(self) -> None:
         check_method(self.method)
@@ -220,7 +239,8 @@ class FTCadisLoss:
             eta = pgd_denoised(classifier, x[keep], x_hat[keep] - x[keep].unsqueeze(1), p_bar.detach(),
                                self.eps, self.adv_steps)
             adv_logits = classify_draws(classifier, x[keep].unsqueeze(1) + eta)
-            loss_madv = loss_madv.index_put((keep,), madv_loss(p_bar, adv_logits, mask[keep], self.lam))
+            weight = class_balance_weights(mask, y)[keep] if self.class_balance else None
+            loss_madv = loss_madv.index_put((keep,), madv_loss(p_bar, adv_logits, mask[keep], self.lam, weight))
         loss = (loss_ce + loss_madv).mean()
         correct_f = correct.float()
         metrics = {

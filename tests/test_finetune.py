@@ -193,6 +193,22 @@ def test_config_mismatch_is_refused(uninterrupted, models, data):
         finetune(config(cfg.out, lr=0.01), *models, *data)
 
 
+def test_a_run_saved_before_a_setting_existed_resumes_while_it_stays_at_its_default(tmp_path):
+    from dataclasses import asdict
+
+    from cadis_core.run_dir import check_out_dir
+
+    now = asdict(config(tmp_path))
+    older = {k: v for k, v in now.items() if k != "madv_class_balance"}  # written by a version without it
+    (tmp_path / "config.json").write_text(json.dumps({"config": older, "classifier": "c", "base_weights": "w"}))
+    meta = {"config": now, "classifier": "c", "base_weights": "w"}
+    check_out_dir(tmp_path, meta, None)  # the new setting at its default: the same run
+    with pytest.raises(CadisError, match=r"differs in: madv_class_balance\)"):
+        check_out_dir(tmp_path, {**meta, "config": {**now, "madv_class_balance": True}}, None)
+    with pytest.raises(CadisError, match=r"differs in: lr\)"):
+        check_out_dir(tmp_path, {**meta, "config": {**now, "lr": 0.01}}, None)
+
+
 def test_a_retrained_base_classifier_is_refused(uninterrupted, models, data):
     cfg, path, _ = uninterrupted
     denoiser, classifier = models

@@ -10,6 +10,7 @@ import torch
 from cadis_core.errors import CadisError
 from cadis_core.objective import (
     FTCadisLoss,
+    class_balance_weights,
     consistency_kl,
     consistency_target,
     correct_draws,
@@ -242,6 +243,36 @@ def test_detached_target_changes_the_gradient_not_the_loss():
         losses.append(loss.item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     assert (grads[0] - grads[1]).abs().max() > 1e-4
+
+
+def test_class_balance_weights_give_each_class_its_share_of_the_batch():
+    # class 0: 4 images, all kept; class 1: 4 images, 1 kept; class 2: 2 images, 1 kept -> batch mask rate 0.6
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    mask = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0, 1, 0], dtype=torch.bool)
+    w = class_balance_weights(mask, y, cap=100.0)
+    torch.testing.assert_close(w, torch.tensor([0.6, 0.6, 0.6, 0.6, 2.4, 0, 0, 0, 1.2, 0]))
+    assert w.sum().item() == pytest.approx(mask.sum().item())  # the total weight of L_MAdv is kept
+    for c, share in ((0, 0.4), (1, 0.4), (2, 0.2)):  # each class's share of it is its share of the batch
+        assert w[y == c].sum().item() / w.sum().item() == pytest.approx(share)
+    assert class_balance_weights(mask, y).max().item() == pytest.approx(2.4)  # under the default cap of 4
+    assert class_balance_weights(mask, y, cap=2.0).max().item() == 2.0
+
+
+def test_class_balance_changes_the_adversarial_term_only():
+    model = linear_model(7)
+    denoiser = lambda noisy, sigma: noisy  # noqa: E731  an identity "denoiser"
+    x = torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(8))
+    noise = 0.01 * torch.randn(6, 2, 1, 2, 2, generator=torch.Generator().manual_seed(9))
+    pred = model(x).argmax(-1).detach()
+    y = torch.where(torch.arange(6) < 4, pred, (pred + 1) % 3)  # two images outside the mask
+    out = {}
+    for balance in (False, True):
+        loss, metrics = FTCadisLoss("ft-cadis", sigma=0.1, num_draws=2, lam=4.0, eps=0.2, adv_steps=1,
+                                    class_balance=balance)(model, denoiser, x, y, noise=noise)
+        out[balance] = metrics
+    assert out[True]["loss_sce"] == pytest.approx(out[False]["loss_sce"])
+    assert out[True]["mask_rate"] == out[False]["mask_rate"] == pytest.approx(4 / 6)
+    assert out[True]["loss_madv"] != pytest.approx(out[False]["loss_madv"])
 
 
 def test_bad_settings_raise():

@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-warm-start", action="store_true", help="images with no correct draw add no loss")
     p.add_argument("--detach-target", action="store_true",
                    help="stop the gradient through the consistency target p̄ (ablation; the authors keep it)")
+    p.add_argument("--madv-class-balance", action="store_true",
+                   help="ours, not in the paper: weight L_MAdv so every class gets its share of the batch, "
+                        "as if all classes had the batch's mask rate")
     p.add_argument("--full", action="store_true", help="fine-tune every parameter instead of LoRA")
     p.add_argument("--lora-r", type=int, default=d.lora_r)
     p.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> None:
     values = dict(
         out=args.out or f"runs/finetune/{name}-{args.method}-s{sigma:g}", method=args.method, sigma=sigma,
         num_draws=args.num_draws, lam=args.lam, eps=args.eps, adv_steps=args.adv_steps,
-        warm_start=not args.no_warm_start, detach_target=args.detach_target, lora=lora, lora_r=args.lora_r,
+        warm_start=not args.no_warm_start, detach_target=args.detach_target,
+        madv_class_balance=args.madv_class_balance, lora=lora, lora_r=args.lora_r,
         lora_alpha=args.lora_alpha, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr if args.lr is not None else (FinetuneConfig.lr if lora else 1e-4),
         weight_decay=args.weight_decay, warmup=args.warmup, min_lr=args.min_lr, layer_decay=args.layer_decay,
