@@ -752,3 +752,34 @@ def test_a_job_measures_its_starting_point(bundle):
     job._baseline()
     expected = evaluate_denoised(bundle.classifier, bundle.denoiser, bundle.dataset, 0.5, 16, 4, 3)
     assert job.evals == [{"kind": "eval", "step": 0, "test_acc_denoised": expected}]
+
+
+def test_hosted_visitors_folders_are_pruned_a_day_after_their_last_change(monkeypatch, tmp_path):
+    import os
+    import time
+
+    from cadis_core.ui.hosting import VISITOR_TTL_S, new_visitor, prune_visitors
+
+    monkeypatch.setenv("CADIS_RUNS_DIR", str(tmp_path))
+    visitors = tmp_path / "visitors"
+    now = time.time()
+    for name, age_of_newest in (("aaaaaaaa00000001", 2 * VISITOR_TTL_S), ("aaaaaaaa00000002", 60)):
+        run = visitors / name / "finetune" / "run"
+        run.mkdir(parents=True)
+        (run / "metrics.csv").write_text("step\n")
+        old = now - 3 * VISITOR_TTL_S
+        for path in (visitors / name, visitors / name / "finetune", run):
+            os.utime(path, (old, old))
+        os.utime(run / "metrics.csv", (now - age_of_newest, now - age_of_newest))
+    (visitors / "not-a-visitor").mkdir()
+    os.utime(visitors / "not-a-visitor", (0, 0))
+    assert prune_visitors(now=now) == [visitors / "aaaaaaaa00000001"]  # its newest file is two days old
+    assert sorted(p.name for p in visitors.iterdir()) == ["aaaaaaaa00000002", "not-a-visitor"]
+    # hosted, a new visitor prunes; locally nothing is deleted
+    os.utime(visitors / "aaaaaaaa00000002" / "finetune" / "run" / "metrics.csv", (0, 0))
+    monkeypatch.delenv("CADIS_HOSTED", raising=False)
+    new_visitor()
+    assert (visitors / "aaaaaaaa00000002").exists()
+    monkeypatch.setenv("CADIS_HOSTED", "1")
+    new_visitor()
+    assert not (visitors / "aaaaaaaa00000002").exists() and (visitors / "not-a-visitor").exists()

@@ -1,15 +1,18 @@
 """Hosting mode: many visitors share one server (`CADIS_HOSTED=1`, which the Dockerfile sets).
 
 Hosted, each visitor (one browser session) writes fine-tuning runs under runs/visitors/<id>/ and sees only those
-and the shipped ones; nobody can stop another's job; N, the number of images and draws and the fine-tuning steps
-are capped; heavy jobs queue with a visible position (`turns.Turns`, `jobs.JobQueue`). The local app (variable
-unset) keeps full power: one user, every run under runs/, the widgets' own ranges.
+and the shipped ones; a visitor's folder is deleted a day after its last change (`prune_visitors`). Nobody can
+stop another's job; N, the number of images and draws and the fine-tuning steps are capped; heavy jobs queue with
+a visible position (`turns.Turns`, `jobs.JobQueue`). The local app (variable unset) keeps full power: one user,
+every run under runs/, the widgets' own ranges.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import time
 import uuid
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,6 +22,8 @@ from ..errors import CadisError
 from .models import runs_dir
 
 HOSTED_ENV = "CADIS_HOSTED"
+VISITOR_TTL_S = 24 * 3600  # a visitor's folder is deleted this long after its newest file changed
+VISITOR_ID = re.compile(r"[0-9a-f]{8,32}")
 SHIPPED_MODELS = ASSETS / "models" / "finetuned"
 SHIPPED_RESULTS = ASSETS / "results"
 
@@ -67,12 +72,37 @@ def check_limits(**values: int | None) -> None:
 
 
 def new_visitor() -> str:
-    """A fresh visitor id (random; one per browser session)."""
+    """A fresh visitor id (random; one per browser session). Hosted, old visitors' folders are pruned first."""
+    if hosted():
+        prune_visitors()
     return uuid.uuid4().hex[:16]
 
 
+def _last_change(folder: Path) -> float:
+    times = [folder.stat().st_mtime]
+    for path in folder.rglob("*"):
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:  # deleted while we looked: a job is writing there
+            return time.time()
+    return max(times)
+
+
+def prune_visitors(max_age_s: float = VISITOR_TTL_S, now: float | None = None) -> list[Path]:
+    """Delete the folders under runs/visitors/ whose newest file is older than `max_age_s`; returns them. Disk
+    use stays bounded by the last day's visitors (a hosted run is capped far below a day, so none is running)."""
+    root = runs_dir() / "visitors"
+    now = time.time() if now is None else now
+    removed = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if folder.is_dir() and VISITOR_ID.fullmatch(folder.name) and now - _last_change(folder) > max_age_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def _checked(visitor: str | None) -> str:
-    if not visitor or not re.fullmatch(r"[0-9a-f]{8,32}", visitor):
+    if not visitor or not VISITOR_ID.fullmatch(visitor):
         raise CadisError("No valid visitor id; reload the page.")
     return visitor
 
