@@ -286,14 +286,25 @@ def write_report(radii=RADII) -> str:
     return full
 
 
+def comparisons(runs: set[str]) -> list[tuple[str, str]]:
+    """COMPARISONS within each recipe that `runs` holds (`none` has no recipe), then each recipe's run against the
+    same method in the `short` recipe; only pairs whose two runs are both in `runs`."""
+    pairs = []
+    for recipe in sorted({run.partition(".")[2] for run in runs}):
+        tag = f".{recipe}" if recipe else ""
+        pairs += [(first + tag, second if second == "none" else second + tag) for first, second in COMPARISONS]
+    pairs += [(run, run.partition(".")[0]) for run in sorted(runs) if "." in run]
+    return [(a, b) for a, b in dict.fromkeys(pairs) if a in runs and b in runs]
+
+
 def paired_table(results: dict[str, pd.DataFrame], radii=RADII) -> pd.DataFrame | None:
-    """One row per comparison in COMPARISONS and σ: "+3.0 (20/5, p=0.002)" per radius."""
+    """One row per comparison (`comparisons`) and σ: "+3.0 (20/5, p=0.002)" per radius."""
     by_run = {(run_name(df), df.attrs["config"].get("sigma")): df for df in results.values()}
     # radii no run certifies any image at would only add columns of "+0.0 (0/0, p=1)"
     radii = [r for r in radii if any(certified(df, r).any() for df in results.values())]
     rows = {}
     for sigma in SIGMAS:
-        for first, second in COMPARISONS:
+        for first, second in comparisons({run for run, _ in by_run}):
             if (first, sigma) in by_run and (second, sigma) in by_run:
                 table = paired_comparison(by_run[first, sigma], by_run[second, sigma], radii)
                 rows[f"{first} vs {second} σ={sigma:g}"] = {

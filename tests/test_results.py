@@ -87,3 +87,15 @@ def test_the_authors_recipes_follow_their_learning_rate_rule(tmp_path):
     assert short.steps == 100 and short.warmup == round(lora.warmup * 100 / lora.steps)  # warmup scales
     with pytest.raises(CadisError, match="Unknown recipe"):
         results.run_method("ft-cadis.nope")
+
+
+def test_comparisons_pair_runs_within_a_recipe_and_across_recipes():
+    runs = {"none", "denoised-ce", "ft-cadis", "denoised-ce.authors-lora", "ft-cadis.authors-lora"}
+    pairs = results.comparisons(runs)
+    for pair in [("ft-cadis", "none"), ("ft-cadis.authors-lora", "none"),
+                 ("ft-cadis.authors-lora", "denoised-ce.authors-lora"), ("denoised-ce.authors-lora", "none"),
+                 ("ft-cadis.authors-lora", "ft-cadis"), ("denoised-ce.authors-lora", "denoised-ce")]:
+        assert pair in pairs
+    assert ("ft-cadis.authors-lora", "denoised-ce") not in pairs  # not across recipes within a method pair
+    assert len(pairs) == len(set(pairs)) and all(a in runs and b in runs for a, b in pairs)
+    assert results.comparisons({"ft-cadis"}) == []
