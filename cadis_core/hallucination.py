@@ -132,6 +132,14 @@ def class_rates(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.pivot_table(index="reference", columns="classifier", values="hallucinated", aggfunc="mean")
 
 
+def class_aurocs(frame: pd.DataFrame) -> pd.DataFrame:
+    """AUROC of low confidence as a hallucination detector per reference class and classifier (rows: class,
+    columns: classifier); NaN where a class's draws are all kept or all hallucinated."""
+    return (frame.groupby(["reference", "classifier"], sort=False)
+            .apply(lambda g: auroc(-g["confidence"].to_numpy(), g["hallucinated"].to_numpy()), include_groups=False)
+            .unstack())
+
+
 def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) of the detector `score >= threshold`, with ties handled as one step."""
     scores, positive = np.asarray(scores, float), np.asarray(positive, bool)

@@ -30,7 +30,7 @@ from .data import ASSETS, FASHION_MNIST_CLASSES, ImageDataset
 from .errors import CadisError
 from .evaluation import selection_rates
 from .finetune import FinetuneConfig, finetune
-from .hallucination import class_rates, detector_summary, draws_frame, score_images
+from .hallucination import class_aurocs, class_rates, detector_summary, draws_frame, score_images
 from .loading import load_classifier
 from .objective import METHODS as OBJECTIVE_METHODS
 from .presets import SEARCH_ROOTS, get_preset
@@ -176,9 +176,11 @@ def run_hallucination(sigmas=SIGMAS, images: int = 500, draws: int = 4, multiste
             smooth = DenoisedSmoothing(denoiser, base, sigma, 256, mode=mode)
             picked = [(str(i), test.images[i], int(test.labels[i])) for i in range(min(count, len(test)))]
             frame = draws_frame(score_images(smooth, picked, draws, classifiers, seed), classes)
-            rates = class_rates(frame).rename_axis("class").reset_index().melt(
-                id_vars="class", var_name="classifier", value_name="hallucination rate")
-            per_class.append(rates.assign(sigma=sigma, mode=mode))
+            rates, aucs = ((table.rename_axis("class").reset_index()
+                            .melt(id_vars="class", var_name="classifier", value_name=name))
+                           for table, name in ((class_rates(frame), "hallucination rate"),
+                                               (class_aurocs(frame), "AUROC")))
+            per_class.append(rates.merge(aucs, on=["class", "classifier"]).assign(sigma=sigma, mode=mode))
             detector.append(detector_summary(frame).rename_axis("classifier").reset_index().assign(sigma=sigma,
                                                                                                    mode=mode))
     per_class, detector = pd.concat(per_class), pd.concat(detector)
@@ -204,15 +206,18 @@ def hallucination_markdown() -> str:
                  facet_row="panel", height=260 * per_class["panel"].nunique(),
                  title="Share of denoised draws whose top-1 class is not the label")
     fig.write_html(RESULTS / "hallucination.html", include_plotlyjs="cdn", div_id="hallucination")
-    wide = per_class.pivot_table(index="class", columns=["panel", "classifier"],
-                                 values="hallucination rate")
-    wide.columns = [f"{panel} {clf}" for panel, clf in wide.columns]
+    wide, aucs = (per_class.pivot_table(index="class", columns=["panel", "classifier"], values=value, dropna=False)
+                  for value in ("hallucination rate", "AUROC"))
+    for table in (wide, aucs):
+        table.columns = [f"{panel} {clf}" for panel, clf in table.columns]
     return ("Hallucinations: share of denoised draws whose top-1 class is not the label, and the AUROC of low "
             "confidence (1 − max softmax) as their detector (0.5: no better than chance; < 0.5: hallucinated draws "
             "are the more confident); `results --stage hallucination`\n\n"
             + detector.astype({"draws": int})[["mode", "sigma", *detector.columns[:-2]]]
             .to_markdown(index=False, floatfmt=["", "g", "", "d", ".3f", ".3f", ".3f", ".3f"])
-            + "\n\nHallucination rate per class\n\n" + wide.to_markdown(floatfmt=".2f"))
+            + "\n\nHallucination rate per class\n\n" + wide.to_markdown(floatfmt=".2f")
+            + "\n\nAUROC of low confidence per class (n/a: every draw of the class kept)\n\n"
+            + aucs.to_markdown(floatfmt=".2f", missingval="n/a"))
 
 
 def envelope_markdown(results: dict[str, pd.DataFrame], radii=RADII) -> str:

@@ -10,7 +10,15 @@ from cadis_core.classifier import ImageClassifier
 from cadis_core.data import load_dataset
 from cadis_core.denoiser import DiffusionDenoiser
 from cadis_core.errors import CadisError
-from cadis_core.hallucination import auroc, detector_summary, draws_frame, roc_curve, score_draws, score_images
+from cadis_core.hallucination import (
+    auroc,
+    class_aurocs,
+    detector_summary,
+    draws_frame,
+    roc_curve,
+    score_draws,
+    score_images,
+)
 from cadis_core.smoothing import DenoisedSmoothing
 
 
@@ -68,3 +76,14 @@ def test_roc_and_auroc_match_the_rank_statistic():
     assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1 and np.all(np.diff(fpr) >= 0) and np.all(np.diff(thr) < 0)
 
 
+
+
+def test_class_aurocs_score_each_class_on_its_own_draws():
+    import pandas as pd
+
+    rows = [("Shirt", "a", c, h) for c, h in ((0.9, True), (0.8, True), (0.3, False), (0.2, False))]  # inverted
+    rows += [("Bag", "a", c, h) for c, h in ((0.2, True), (0.9, False), (0.8, False))]  # perfect
+    rows += [("Coat", "a", c, False) for c in (0.5, 0.6)]  # nothing hallucinated
+    frame = pd.DataFrame(rows, columns=["reference", "classifier", "confidence", "hallucinated"])
+    table = class_aurocs(frame)
+    assert table.loc["Shirt", "a"] == 0.0 and table.loc["Bag", "a"] == 1.0 and np.isnan(table.loc["Coat", "a"])
