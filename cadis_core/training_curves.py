@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -87,25 +88,55 @@ def curves_figure(steps: pd.DataFrame, evals: pd.DataFrame | None = None, smooth
     return fig
 
 
+def batch_size(run: str | Path) -> int | None:
+    """The batch size a run trained with, from its config.json or its model's finetune.json (None if neither)."""
+    for path in (metrics_file(run).parent / name for name in ("config.json", "finetune.json", "model/finetune.json")):
+        try:
+            return int(json.loads(path.read_text())["config"]["batch_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def plateau_table(runs: dict[str, str | Path]) -> pd.DataFrame:
+    """Per run, held-out accuracy on denoised images over training: after a third and two thirds of the run, at
+    the end and at its best, and the gain over the last third (about 0: the curve has levelled off)."""
+    rows = {}
+    for name, run in runs.items():
+        _, evals = read_metrics(run)
+        if evals.empty:
+            continue
+        last = evals["step"].max()
+        at = {f: evals.loc[(evals["step"] - f * last).abs().idxmin(), "test_acc_denoised"] for f in (1 / 3, 2 / 3)}
+        rows[name] = {"evaluations": len(evals), "at 1/3": at[1 / 3], "at 2/3": at[2 / 3],
+                      "end": evals["test_acc_denoised"].iloc[-1], "best": evals["test_acc_denoised"].max(),
+                      "gain, last third": evals["test_acc_denoised"].iloc[-1] - at[2 / 3]}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def comparison_figure(runs: dict[str, str | Path], smooth: int = 50):
-    """Several runs side by side: test accuracy on denoised images, L_MAdv and the mask rate against step."""
+    """Several runs side by side: test accuracy on denoised images, L_MAdv and the mask rate against training
+    images seen (thousands; against the step when a run's batch size is unknown)."""
     import plotly.graph_objects as go
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
+    batches = {name: batch_size(run) for name, run in runs.items()}
+    by_images = all(batches.values())
     fig = make_subplots(1, 3, subplot_titles=["test accuracy, denoised", f"L_MAdv ({smooth}-step mean)",
                                               f"all draws kept ({smooth}-step mean)"])
     for k, (name, run) in enumerate(runs.items()):
         steps, evals = read_metrics(run)
+        scale = batches[name] / 1000 if by_images else 1
         color = qualitative.Plotly[k % len(qualitative.Plotly)]
-        fig.add_trace(go.Scatter(x=evals["step"], y=evals["test_acc_denoised"], mode="lines+markers", name=name,
-                                 legendgroup=name, line_color=color), 1, 1)
+        fig.add_trace(go.Scatter(x=evals["step"] * scale, y=evals["test_acc_denoised"], mode="lines+markers",
+                                 name=name, legendgroup=name, line_color=color), 1, 1)
         for c, col in ((2, "loss_madv"), (3, "mask_rate")):
             if col in steps:
-                fig.add_trace(go.Scatter(x=steps["step"], y=steps[col].rolling(smooth, min_periods=1).mean(),
+                fig.add_trace(go.Scatter(x=steps["step"] * scale, y=steps[col].rolling(smooth, min_periods=1).mean(),
                                          mode=_mode(len(steps)), name=name, legendgroup=name, showlegend=False,
                                          line_color=color), 1, c)
-    fig.update_xaxes(title_text="training step")
+    fig.update_xaxes(title_text="training images seen (thousands)" if by_images else "training step")
     fig.update_yaxes(title_text="accuracy", col=1)
     fig.update_yaxes(title_text="loss", col=2)
     fig.update_yaxes(title_text="share", col=3)

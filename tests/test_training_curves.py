@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
 from cadis_core.errors import CadisError
-from cadis_core.training_curves import comparison_figure, curves_figure, metric_label, read_metrics
+from cadis_core.training_curves import (
+    comparison_figure,
+    curves_figure,
+    metric_label,
+    plateau_table,
+    read_metrics,
+)
 
 
 def _run(path, evals=(0.8, 0.85)):
@@ -46,7 +54,19 @@ def test_figures_draw_each_metric_and_each_run(tmp_path):
     assert smoothed[2] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
     fig = comparison_figure({"a": tmp_path / "a", "b": _run(tmp_path / "b", (0.7, 0.9))})
     assert [t.name for t in fig.data] == ["a"] * 3 + ["b"] * 3
-    assert list(fig.data[3].y) == [0.7, 0.9]
+    assert list(fig.data[3].y) == [0.7, 0.9] and list(fig.data[3].x) == [3, 6]  # no batch sizes: steps
+    for run, batch in (("a", 32), ("b", 128)):  # runs of other batch sizes line up by images seen
+        (tmp_path / run / "config.json").write_text(json.dumps({"config": {"batch_size": batch}}))
+    fig = comparison_figure({"a": tmp_path / "a", "b": tmp_path / "b"})
+    assert list(fig.data[0].x) == pytest.approx([0.096, 0.192]) and list(fig.data[3].x) == pytest.approx([0.384, 0.768])
+    assert fig.layout.xaxis.title.text.startswith("training images seen")
+
+
+def test_plateau_table_reads_the_held_out_curve(tmp_path):
+    table = plateau_table({"rising": _run(tmp_path / "r", (0.5, 0.6, 0.7)), "flat": _run(tmp_path / "f", (0.8, 0.8))})
+    assert table.loc["rising", "at 1/3"] == 0.5 and table.loc["rising", "at 2/3"] == 0.6  # evals at steps 3, 6, 9
+    assert table.loc["rising", "gain, last third"] == pytest.approx(0.1)
+    assert table.loc["flat", "gain, last third"] == 0 and table.loc["flat", "best"] == 0.8
 
 
 def test_a_torn_last_line_of_a_live_run_is_left_out(tmp_path):
