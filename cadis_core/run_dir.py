@@ -129,6 +129,18 @@ def _compared(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in NOT_COMPARED and not (k in defaults and v == defaults[k])}
 
 
+def _same_classifier(old: dict[str, Any], meta: dict[str, Any]) -> bool:
+    """The same spec, or the same weights (digest) under a spec that names the same model from another checkout
+    (`local-dir:/a/assets/models/vit` and `local-dir:/b/assets/models/vit`), so a run resumes on another machine."""
+    was, now = str(old.get("classifier")), str(meta["classifier"])
+    if was == now:
+        return True
+    scheme, _, path = was.rpartition(":")
+    scheme_now, _, path_now = now.rpartition(":")
+    return (old.get("base_weights") is not None and old.get("base_weights") == meta["base_weights"]
+            and scheme == scheme_now and Path(path).name == Path(path_now).name)
+
+
 def check_out_dir(out: Path, meta: dict[str, Any], state: dict[str, Any] | None) -> None:
     """A run may only resume into an out dir holding the same configuration (and the same base weights)."""
     saved = []
@@ -143,7 +155,7 @@ def check_out_dir(out: Path, meta: dict[str, Any], state: dict[str, Any] | None)
         saved.append({"config": state["config"], "classifier": state.get("classifier", meta["classifier"]),
                       "base_weights": state.get("base_weights", meta["base_weights"])})
     for old in saved:
-        if _compared(old["config"]) != _compared(meta["config"]) or old.get("classifier") != meta["classifier"]:
+        if _compared(old["config"]) != _compared(meta["config"]) or not _same_classifier(old, meta):
             new, was = _compared(meta["config"]), _compared(old["config"])
             diff = sorted(k for k in new.keys() | was.keys() if new.get(k) != was.get(k))
             raise CadisError(f"{out} holds a fine-tuning run with another configuration "

@@ -209,6 +209,21 @@ def test_a_run_saved_before_a_setting_existed_resumes_while_it_stays_at_its_defa
         check_out_dir(tmp_path, {**meta, "config": {**now, "lr": 0.01}}, None)
 
 
+def test_a_run_resumes_from_another_checkout_of_the_same_weights(tmp_path):
+    from dataclasses import asdict
+
+    from cadis_core.run_dir import check_out_dir
+
+    now = asdict(config(tmp_path))
+    spec = "local-dir:/elsewhere/assets/models/fmnist-vit"
+    (tmp_path / "config.json").write_text(json.dumps({"config": now, "classifier": spec, "base_weights": "w"}))
+    here = {"config": now, "classifier": "local-dir:/work/main/assets/models/fmnist-vit", "base_weights": "w"}
+    check_out_dir(tmp_path, here, None)  # same weights, same model name: another checkout of the same run
+    for other in ({**here, "base_weights": "v"}, {**here, "classifier": "local-dir:/work/main/assets/models/vit2"}):
+        with pytest.raises(CadisError):
+            check_out_dir(tmp_path, other, None)
+
+
 def test_a_retrained_base_classifier_is_refused(uninterrupted, models, data):
     cfg, path, _ = uninterrupted
     denoiser, classifier = models
