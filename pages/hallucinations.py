@@ -24,8 +24,9 @@ st.markdown(
     "embedded models at σ = 1, low confidence flags hallucinated draws with an AUROC of 0.73 over all classes "
     "(multistep; 0.78 one-shot; 1280 draws each: 16 test images per class × 8 draws), where 0.5 is chance. On "
     "shirts, the class that hallucinates most, it is 0.44 (512 draws: 64 shirts × 8): worse than chance, because "
-    "the classifier is *more* confident on the coat the denoiser invented than on the real shirt. So FT-CADIS does "
-    "not trust confidence: it trains only on draws whose prediction is right.")
+    "the classifier is *more* confident on the coat the denoiser invented than on the real shirt. The benchmark "
+    "repeats it on other images (500 test images × 4 draws): 0.78 over all classes, 0.40 on shirts. So FT-CADIS "
+    "does not trust confidence: it trains only on draws whose prediction is right.")
 
 
 def _classroom() -> None:  # a callback may set widgets' values before they are drawn
