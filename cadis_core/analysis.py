@@ -10,6 +10,7 @@ over a radius; `alpha=` re-certifies the counts offline at another level.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -236,15 +237,21 @@ def summary_table(results: dict[str, pd.DataFrame], radii=DEFAULT_RADII, envelop
     return table
 
 
-def envelope_table(results: dict[str, pd.DataFrame], radii=DEFAULT_RADII) -> pd.DataFrame:
+def envelope_table(results: dict[str, pd.DataFrame], radii=DEFAULT_RADII,
+                   group: Callable[[str], str] | None = None) -> pd.DataFrame:
     """The best-σ envelope per method: at each radius, the best certified accuracy over a run's noise levels,
     and the σ that gives it (as the paper and Carlini et al. tabulate). Runs are grouped by their sidecar's
-    `run` (else `method`); a group needs the same images at every σ to be comparable."""
+    `run` (else `method`), mapped through `group` if given (e.g. to pool a method's recipes); a group needs the
+    same images at every σ to be comparable. attrs["sigma"] and attrs["run"] say where each cell comes from."""
     groups: dict[str, list[pd.DataFrame]] = {}
+    names: dict[str, list[str]] = {}
     for label, df in results.items():
         config = df.attrs.get("config", {})
-        groups.setdefault(config.get("run") or config.get("method") or label, []).append(df)
-    acc, best_sigma = {}, {}
+        run = config.get("run") or config.get("method") or label
+        key = group(run) if group else run
+        groups.setdefault(key, []).append(df)
+        names.setdefault(key, []).append(run)
+    acc, best_sigma, best_run = {}, {}, {}
     for name, frames in groups.items():
         if len({tuple(sorted(df["idx"])) for df in frames}) > 1:
             raise CadisError(f"The runs of {name!r} certify different images at different σ; an envelope over "
@@ -254,9 +261,11 @@ def envelope_table(results: dict[str, pd.DataFrame], radii=DEFAULT_RADII) -> pd.
         best = curves.argmax(0)
         acc[name] = {f"r={r:g}": curves[b, i] for i, (r, b) in enumerate(zip(radii, best))}
         best_sigma[name] = {f"r={r:g}": sigmas[b] for r, b in zip(radii, best)}
+        best_run[name] = {f"r={r:g}": names[name][b] for r, b in zip(radii, best)}
     table = pd.DataFrame(acc).T
     table.index.name = "run"
     table.attrs["sigma"] = pd.DataFrame(best_sigma).T
+    table.attrs["run"] = pd.DataFrame(best_run).T
     return table
 
 

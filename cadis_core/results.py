@@ -221,14 +221,18 @@ def hallucination_markdown() -> str:
 
 
 def envelope_markdown(results: dict[str, pd.DataFrame], radii=RADII) -> str:
-    """Per method run at several σ, the best certified accuracy over σ at each radius, with the σ that gives it."""
-    runs = pd.Series({label: run_name(df) for label, df in results.items()})
-    several = runs[runs.map(runs.value_counts()) > 1].index
-    table = envelope_table({label: results[label] for label in several}, radii)
-    sigma = table.attrs["sigma"]
-    cells = table.apply(lambda col: [f"{v:.3f} (σ={s:g})" if v > 0 else "0.000"
-                                     for v, s in zip(col, sigma[col.name])])
-    return cells.to_markdown(disable_numparse=True)
+    """Per method run at several σ (its recipes pooled), the best certified accuracy over σ at each radius, with
+    the σ (and the recipe, where not `short`) that gives it."""
+    method = {label: run_name(df).partition(".")[0] for label, df in results.items()}
+    several = [label for label in results if sum(m == method[label] for m in method.values()) > 1]
+    table = envelope_table({label: results[label] for label in several}, radii, group=lambda run: run.partition(".")[0])
+    sigma, run = table.attrs["sigma"], table.attrs["run"]
+
+    def where(col: str) -> list[str]:
+        return [f"{v:.3f} (σ={s:g}{', ' + r.partition('.')[2] if '.' in r else ''})" if v > 0 else "0.000"
+                for v, s, r in zip(table[col], sigma[col], run[col])]
+
+    return table.apply(lambda col: where(col.name)).to_markdown(disable_numparse=True)
 
 
 def run_name(df: pd.DataFrame) -> str:
@@ -253,8 +257,9 @@ def write_report(radii=RADII) -> str:
                      "(per comparison, not corrected for multiplicity)\n\n" + paired.to_markdown())
     by_sigma = {sigma for df in results.values() for sigma in [df.attrs["config"].get("sigma")]}
     if len(by_sigma) > 1:
-        markdown += ("\n\nBest-σ envelope per method: the best certified accuracy over σ at each radius, and the σ "
-                     "that gives it\n\n" + envelope_markdown(results, radii))
+        markdown += ("\n\nBest-σ envelope per method (its recipes pooled): the best certified accuracy over σ at each "
+                     "radius, and the σ (and the recipe, where not `short`) that gives it\n\n"
+                     + envelope_markdown(results, radii))
     cost = finetuning_cost()
     if cost is not None:
         cost.to_csv(RESULTS / "finetune_cost.csv")

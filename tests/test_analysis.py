@@ -120,6 +120,11 @@ def test_envelope_takes_the_best_sigma_per_radius_and_method():
     assert table.loc["a"].tolist() == [1.0, 0.75, 0.5, 0.25]
     assert table.attrs["sigma"].loc["a"].tolist() == [0.25, 0.25, 1.0, 1.0]
     assert table.loc["b"].tolist() == [0.25, 0.0, 0.0, 0.0]
+    # pooled by method, a recipe's run competes with the default one; each cell names the run it comes from
+    pooled = {**results, "a.long large": run("a.long", 1.0, [2.0, 2.0, 1.5, 0.0], [1, 1, 1, 0])}
+    table = envelope_table(pooled, radii=(0.0, 0.5, 1.0, 2.0), group=lambda r: r.partition(".")[0])
+    assert table.loc["a"].tolist() == [1.0, 0.75, 0.75, 0.5] and "a.long" not in table.index
+    assert table.attrs["run"].loc["a"].tolist() == ["a", "a", "a.long", "a.long"]
     results["a other images"] = run("a", 0.5, [1.0] * 4, [1] * 4).assign(idx=[5, 6, 7, 8])
     with pytest.raises(CadisError, match="different images"):
         envelope_table(results)
