@@ -206,18 +206,20 @@ def hallucination_markdown() -> str:
                  facet_row="panel", height=260 * per_class["panel"].nunique(),
                  title="Share of denoised draws whose top-1 class is not the label")
     fig.write_html(RESULTS / "hallucination.html", include_plotlyjs="cdn", div_id="hallucination")
-    wide, aucs = (per_class.pivot_table(index="class", columns=["panel", "classifier"], values=value, dropna=False)
-                  for value in ("hallucination rate", "AUROC"))
-    for table in (wide, aucs):
-        table.columns = [f"{panel} {clf}" for panel, clf in table.columns]
+    classes = list(per_class["class"].unique())
+
+    def by_class(value: str) -> str:  # one row per (panel, classifier), in the order they were scored
+        table = per_class.pivot_table(index=["panel", "classifier"], columns="class", values=value, sort=False)
+        table.index = [f"{panel} {clf}" for panel, clf in table.index]
+        return table[classes].map(lambda v: "n/a" if pd.isna(v) else f"{v:.2f}").to_markdown()
+
     return ("Hallucinations: share of denoised draws whose top-1 class is not the label, and the AUROC of low "
             "confidence (1 − max softmax) as their detector (0.5: no better than chance; < 0.5: hallucinated draws "
             "are the more confident); `results --stage hallucination`\n\n"
             + detector.astype({"draws": int})[["mode", "sigma", *detector.columns[:-2]]]
             .to_markdown(index=False, floatfmt=["", "g", "", "d", ".3f", ".3f", ".3f", ".3f"])
-            + "\n\nHallucination rate per class\n\n" + wide.to_markdown(floatfmt=".2f")
-            + "\n\nAUROC of low confidence per class (n/a: every draw of the class kept)\n\n"
-            + aucs.to_markdown(floatfmt=".2f", missingval="n/a"))
+            + "\n\nHallucination rate per class\n\n" + by_class("hallucination rate")
+            + "\n\nAUROC of low confidence per class (n/a: every draw of the class kept)\n\n" + by_class("AUROC"))
 
 
 def envelope_markdown(results: dict[str, pd.DataFrame], radii=RADII) -> str:
