@@ -209,9 +209,10 @@ def hallucination_markdown() -> str:
     classes = list(per_class["class"].unique())
 
     def by_class(value: str) -> str:  # one row per (panel, classifier), in the order they were scored
-        table = per_class.pivot_table(index=["panel", "classifier"], columns="class", values=value, sort=False)
+        rows = list(dict.fromkeys(zip(per_class["panel"], per_class["classifier"])))
+        table = per_class.set_index(["panel", "classifier", "class"])[value].unstack("class").reindex(rows)[classes]
         table.index = [f"{panel} {clf}" for panel, clf in table.index]
-        return table[classes].map(lambda v: "n/a" if pd.isna(v) else f"{v:.2f}").to_markdown()
+        return table.map(lambda v: "n/a" if pd.isna(v) else f"{v:.2f}").to_markdown()
 
     return ("Hallucinations: share of denoised draws whose top-1 class is not the label, and the AUROC of low "
             "confidence (1 − max softmax) as their detector (0.5: no better than chance; < 0.5: hallucinated draws "
