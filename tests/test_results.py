@@ -101,3 +101,45 @@ def test_comparisons_pair_runs_within_a_recipe_and_across_recipes():
     assert ("ft-cadis.authors-lora", "denoised-ce") not in pairs  # not across recipes within a method pair
     assert len(pairs) == len(set(pairs)) and all(a in runs and b in runs for a, b in pairs)
     assert results.comparisons({"ft-cadis"}) == []
+
+
+def _run(name: str, sigma: float, radii: list[float]) -> pd.DataFrame:
+    """A result file's frame: image i certified at radii[i] (negative: not certified)."""
+    df = pd.DataFrame({"idx": range(len(radii)), "label": 0, "predict": 0,
+                       "radius": [max(r, 0.0) for r in radii], "correct": [r >= 0 for r in radii]})
+    df.attrs["config"] = {"run": name, "sigma": sigma, "dataset": "d", "split": "test"}
+    return df
+
+
+def test_the_verdict_checks_the_papers_ordering_and_the_target_per_sigma():
+    # 100 images; none certifies 60 at r=0.5 and 70 at r=0; denoised-ce 2 more at r=0; ft-cadis wins 20 at r=0.5
+    none = [0.6] * 60 + [0.1] * 10 + [-1] * 30
+    ce = [0.6] * 60 + [0.1] * 12 + [-1] * 28
+    ft = [0.6] * 80 + [-1] * 20          # 80 at r=0.5, but 80 at r=0 too: 0 below anyone at r=0
+    runs = {"n": _run("none", 0.5, none), "c": _run("denoised-ce.authors-lora", 0.5, ce),
+            "f": _run("ft-cadis.authors-lora", 0.5, ft)}
+    table = results.verdict_table(runs, radii=(0.0, 0.5, 1.0))
+    row = table.loc["σ=0.5 (authors-lora)"]
+    assert row["target"] == "met" and row["ordering holds at r="] == "0, 0.5"  # r=1: nobody certifies, left out
+    assert row["ft-cadis vs none at r=σ"].startswith("+20.0 (p=")
+    assert row["a step reversed (p<0.05) at r="] == "nowhere"
+    # ft-cadis 3 points below denoised-ce at r=0 (72 against 69): missed, by how much
+    runs["f"] = _run("ft-cadis.authors-lora", 0.5, [0.6] * 69 + [-1] * 31)
+    row = results.verdict_table(runs, radii=(0.0, 0.5)).loc["σ=0.5 (authors-lora)"]
+    assert row["target"] == "missed: 3.0 points below at worst" and row["ordering holds at r="] == "0.5"
+    assert row["ft-cadis vs denoised-ce: worst"].startswith("-3.0 at r=0 (p=")
+    # level with none at r=σ: not clearly ahead
+    runs["f"] = _run("ft-cadis.authors-lora", 0.5, none)
+    row = results.verdict_table(runs, radii=(0.0, 0.5)).loc["σ=0.5 (authors-lora)"]
+    assert row["target"] == "missed: 2.0 points below at worst, not clearly ahead of none at r=σ"
+    # a second σ adds the envelope row; a σ without all three runs is not judged
+    runs |= {"n1": _run("none", 1.0, [1.5] * 50 + [-1] * 50), "n2": _run("none", 0.25, none),
+             "c1": _run("denoised-ce.authors-lora", 1.0, [1.5] * 40 + [-1] * 60),
+             "f1": _run("ft-cadis.authors-lora", 1.0, [1.5] * 55 + [-1] * 45)}
+    table = results.verdict_table(runs, radii=(0.0, 0.5, 1.0, 1.5))
+    assert list(table.index) == ["σ=0.5 (authors-lora)", "σ=1 (authors-lora)", "envelope (authors-lora, best σ)"]
+    envelope = table.loc["envelope (authors-lora, best σ)"]
+    # best σ per radius: r=0 from σ=0.5 (ft-cadis 70 against denoised-ce 72), r ≥ 1 from σ=1 (55, 40, 50)
+    assert envelope["ft-cadis vs denoised-ce: worst"] == "-2.0 at r=0"
+    assert envelope["denoised-ce vs none: worst"] == "-10.0 at r=1" and envelope["ordering holds at r="] == "0.5"
+    assert results.verdict_table({"n": runs["n"], "c": runs["c"]}) is None
