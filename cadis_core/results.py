@@ -266,7 +266,8 @@ def write_report(radii=RADII) -> str:
         markdown += (f"\n\nThe paper's ordering (ft-cadis ≥ denoised-ce ≥ none at every radius) under the "
                      f"`{VERDICT_RECIPE}` recipe: per σ paired on the same draws (exact McNemar), and on the best-σ "
                      f"envelope (point estimates). Target: ft-cadis at most {100 * TOLERANCE:g} point below either "
-                     "at any radius, and ahead of none at r = σ (p < 0.05)\n\n" + verdict.to_markdown(disable_numparse=True))
+                     "at any radius, and ahead of none at r = σ (p < 0.05)\n\n"
+                     + verdict.to_markdown(disable_numparse=True))
     by_sigma = {sigma for df in results.values() for sigma in [df.attrs["config"].get("sigma")]}
     if len(by_sigma) > 1:
         markdown += ("\n\nBest-σ envelope per method (its recipes pooled): the best certified accuracy over σ at each "
