@@ -263,6 +263,7 @@ def write_report(radii=RADII) -> str:
     verdict = verdict_table(results, radii=radii)
     if verdict is not None:
         verdict.to_csv(RESULTS / "verdict.csv")
+        (RESULTS / "verdict.json").write_text(json.dumps(verdict.attrs["produced_by"], indent=2) + "\n")
         markdown += (f"\n\nThe paper's ordering (ft-cadis ≥ denoised-ce ≥ none at every radius) under the "
                      f"`{VERDICT_RECIPE}` recipe: per σ paired on the same draws (exact McNemar), and on the best-σ "
                      f"envelope (point estimates). Target: ft-cadis at most {100 * TOLERANCE:g} point below either "
@@ -367,7 +368,18 @@ def verdict_table(results: dict[str, pd.DataFrame], recipe: str = VERDICT_RECIPE
         rows[f"envelope ({recipe}, best σ)"] = row
     table = pd.DataFrame.from_dict(rows, orient="index").fillna("")
     table.index.name = "where"
+    table.attrs["produced_by"] = {  # what every row stands on: the runs, their σ, N and α
+        "recipe": recipe, "tolerance": TOLERANCE, "level": level, "test": "exact McNemar, per σ",
+        "runs": [{key: _in_repository(df.attrs["config"].get(key)) for key in ("run", "sigma", "classifier", "denoiser",
+                                                                              "n0", "n", "alpha", "seed")}
+                 | {"images": len(df)} for df in chosen.values()]}
     return table
+
+
+def _in_repository(value):
+    """Paths inside this repository (also in a spec, e.g. `local-dir:PATH`) relative to it: the same on every
+    checkout."""
+    return value.replace(f"{ASSETS.parent}/", "") if isinstance(value, str) else value
 
 
 def _radii(mask: pd.Series) -> str:

@@ -40,6 +40,7 @@ from cadis_core.ui.certification import (  # noqa: E402
     result_files,
     session_results,
     shared_draws,
+    shipped_verdict,
 )
 from cadis_core.ui.hosting import check_limits, limits, result_roots  # noqa: E402
 from cadis_core.ui.models import OFF_THE_SHELF, describe_model  # noqa: E402
@@ -234,3 +235,11 @@ else:
                     {"A − B": "{:+.3f}", "p_value": "{:.2g}"}), key="cert_paired")
             except CadisError as e:
                 st.warning(str(e))
+
+verdict = shipped_verdict()
+if verdict is not None:
+    st.header("Does FT-CADIS hold up? The embedded benchmark")
+    st.markdown("The paper's claim is *ft-cadis ≥ denoised-ce ≥ none at every radius*. Each row says where it holds "
+                "on the embedded benchmark, and the worst radius of each pair (points of certified accuracy).")
+    st.dataframe(verdict[0], key="cert_verdict")
+    st.caption(verdict[1])

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from scipy.stats import norm
 
+from cadis_core.data import ASSETS
 from cadis_core.errors import CadisError
 from cadis_core.images import MAX_UPLOAD_BYTES, image_from_bytes
 from cadis_core.loading import load_classifier
@@ -94,6 +95,9 @@ def test_page_renders(page):
     if page == "overview":
         assert len(at.image) == 3 and at.metric[0].label == "Prediction"
         assert "fashion-mnist" in at.dataframe[0].value.to_string()
+    if page == "certification" and (ASSETS / "results" / "verdict.csv").is_file():  # the shipped verdict, last
+        assert at.header[-1].value == "Does FT-CADIS hold up? The embedded benchmark"
+        assert "target" in at.dataframe[-1].value.columns and "N = 1000" in at.caption[-1].value
     if page == "models":
         presets = at.dataframe[0].value
         assert {"fashion-mnist", "cifar10"} <= set(presets["preset"])

@@ -143,3 +143,27 @@ def test_the_verdict_checks_the_papers_ordering_and_the_target_per_sigma():
     assert envelope["ft-cadis vs denoised-ce: worst"] == "-2.0 at r=0"
     assert envelope["denoised-ce vs none: worst"] == "-10.0 at r=1" and envelope["ordering holds at r="] == "0.5"
     assert results.verdict_table({"n": runs["n"], "c": runs["c"]}) is None
+
+
+def test_the_report_writes_the_verdict_with_what_produced_it(tmp_path, monkeypatch):
+    from cadis_core.ui.certification import shipped_verdict
+
+    assert shipped_verdict(tmp_path) is None  # never written: the page shows nothing
+    none = [0.6] * 60 + [0.1] * 10 + [-1] * 30
+    runs = {"n": _run("none", 0.5, none), "c": _run("denoised-ce.authors-lora", 0.5, none),
+            "f": _run("ft-cadis.authors-lora", 0.5, [0.6] * 80 + [-1] * 20)}
+    for df in runs.values():
+        df.attrs["config"] |= {"n0": 100, "n": 1000, "alpha": 0.001, "seed": 0,
+                               "classifier": f"local-dir:{results.ASSETS.parent}/assets/models/x"}
+    monkeypatch.setattr(results, "RESULTS", tmp_path)
+    monkeypatch.setattr(results, "merge_results", lambda files: runs)
+    monkeypatch.setattr(results, "README", tmp_path / "README.md")
+    (tmp_path / "none_s0.5.tsv").touch()  # the report runs once a result file exists
+    results.write_report()
+    table, caption = shipped_verdict(tmp_path)
+    assert table.loc["σ=0.5 (authors-lora)", "target"] == "met"
+    assert "none at σ = 0.5" in caption and "N = 1000, α = 0.001, 100 test images" in caption
+    import json
+
+    side = json.loads((tmp_path / "verdict.json").read_text())
+    assert side["runs"][0]["classifier"] == "local-dir:assets/models/x"  # the same path on every checkout

@@ -225,3 +225,24 @@ def load_results(paths: list[Path]) -> tuple[dict[str, pd.DataFrame], list[str]]
         except (CadisError, ValueError, pd.errors.ParserError) as e:
             problems.append(f"{p.name}: {e}")
     return (merge_results(good) if good else {}), problems
+
+
+def shipped_verdict(results: Path = ASSETS / "results") -> tuple[pd.DataFrame, str] | None:
+    """The embedded benchmark's verdict on the paper's ordering (`results --stage report` writes it), and a caption
+    naming the runs, σ, N and α it stands on; None when it was never written."""
+    table, side = results / "verdict.csv", results / "verdict.json"
+    if not (table.is_file() and side.is_file()):
+        return None
+    import json
+
+    info = json.loads(side.read_text())
+    runs = info["runs"]
+    settings = sorted({(r["n0"], r["n"], r["alpha"], r["images"]) for r in runs})
+    caption = (f"Paired on the same draws (exact McNemar) per σ, under the `{info['recipe']}` recipe: "
+               + ", ".join(sorted({r["run"] for r in runs})) + " at σ = "
+               + ", ".join(f"{s:g}" for s in sorted({r["sigma"] for r in runs})) + "; "
+               + "; ".join(f"n0 = {n0}, N = {n}, α = {a:g}, {k} test images" for n0, n, a, k in settings)
+               + f". Target: ft-cadis at most {100 * info['tolerance']:g} point below either baseline at any radius, "
+               f"and ahead of none at r = σ (p < {info['level']:g}). "
+               "From `python -m cadis_core results --stage report`.")
+    return pd.read_csv(table, index_col=0, dtype=str, keep_default_na=False), caption
