@@ -371,8 +371,8 @@ def verdict_table(results: dict[str, pd.DataFrame], recipe: str = VERDICT_RECIPE
     table.index.name = "where"
     table.attrs["produced_by"] = {  # what every row stands on: the runs, their σ, N and α
         "recipe": recipe, "tolerance": TOLERANCE, "level": level, "test": "exact McNemar, per σ",
-        "runs": [{key: _in_repository(df.attrs["config"].get(key)) for key in ("run", "sigma", "classifier", "denoiser",
-                                                                              "n0", "n", "alpha", "seed")}
+        "runs": [{"run": run_name(df)} | {key: _in_repository(df.attrs["config"].get(key))
+                                          for key in ("sigma", "classifier", "denoiser", "n0", "n", "alpha", "seed")}
                  | {"images": len(df)} for df in chosen.values()]}
     return table
 

@@ -155,6 +155,8 @@ def test_the_report_writes_the_verdict_with_what_produced_it(tmp_path, monkeypat
     for df in runs.values():
         df.attrs["config"] |= {"n0": 100, "n": 1000, "alpha": 0.001, "seed": 0,
                                "classifier": f"local-dir:{results.ASSETS.parent}/assets/models/x"}
+    del runs["n"].attrs["config"]["run"]  # an older sidecar names only its method
+    runs["n"].attrs["config"]["method"] = "none"
     monkeypatch.setattr(results, "RESULTS", tmp_path)
     monkeypatch.setattr(results, "merge_results", lambda files: runs)
     monkeypatch.setattr(results, "README", tmp_path / "README.md")
@@ -162,7 +164,7 @@ def test_the_report_writes_the_verdict_with_what_produced_it(tmp_path, monkeypat
     results.write_report()
     table, caption = shipped_verdict(tmp_path)
     assert table.loc["σ=0.5 (authors-lora)", "target"] == "met"
-    assert "none at σ = 0.5" in caption and "N = 1000, α = 0.001, 100 test images" in caption
+    assert "ft-cadis.authors-lora, none at σ = 0.5" in caption and "N = 1000, α = 0.001, 100 test images" in caption
     import json
 
     side = json.loads((tmp_path / "verdict.json").read_text())

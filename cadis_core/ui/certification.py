@@ -236,7 +236,7 @@ def shipped_verdict(results: Path = ASSETS / "results") -> tuple[pd.DataFrame, s
     import json
 
     info = json.loads(side.read_text())
-    runs = info["runs"]
+    runs = [r for r in info["runs"] if r.get("run")]  # a run without a name cannot be captioned
     settings = sorted({(r["n0"], r["n"], r["alpha"], r["images"]) for r in runs})
     caption = (f"Paired on the same draws (exact McNemar) per σ, under the `{info['recipe']}` recipe: "
                + ", ".join(sorted({r["run"] for r in runs})) + " at σ = "
