@@ -39,6 +39,7 @@ from .recipes import RECIPES, get_recipe
 from .runner import CertifyConfig, certify_classifiers
 from .smoothing import DenoisedSmoothing
 from .training_curves import comparison_figure, plateau_table
+from .verdict import RADII, TOLERANCE, VERDICT_RECIPE, run_name, verdict_table
 
 RESULTS = ASSETS / "results"
 FINETUNED = ASSETS / "models" / "finetuned"
@@ -46,15 +47,12 @@ README = ASSETS.parent / "README.md"
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 METHODS = ("none", "denoised-ce", "ft-cadis")
 SIGMAS = (0.25, 0.5, 1.0)
-RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # the paper's and Carlini et al.'s columns
 # Named runs that change a hyperparameter of a method: name -> (method, FinetuneConfig overrides).
 VARIANTS = {"ft-cadis-detached": ("ft-cadis", {"detach_target": True}),
             "ft-cadis-detached-lam1": ("ft-cadis", {"detach_target": True, "lam": 1.0}),
             "ft-cadis-balanced": ("ft-cadis", {"madv_class_balance": True})}  # ours, beyond the paper
 RUNS = (*OBJECTIVE_METHODS, *VARIANTS)
 TRAIN_SIZE = 60_000  # Fashion-MNIST training images: recipes count epochs of it
-VERDICT_RECIPE = "authors-lora"  # the recipe the paper's claim is judged under: the authors' LoRA recipe
-TOLERANCE = 0.01  # the target: ft-cadis at most 1 point below none or denoised-ce at any radius
 # Paired comparisons in the report (first against second), where both runs exist at a σ.
 COMPARISONS = (("denoised-ce", "none"), ("ft-cadis", "none"), ("ft-cadis", "denoised-ce"),
                ("ft-cadis", "ft-cadis-detached"), ("ft-cadis-balanced", "ft-cadis"), ("ft-cadis-balanced", "none"),
@@ -241,10 +239,6 @@ def envelope_markdown(results: dict[str, pd.DataFrame], radii=RADII) -> str:
     return table.apply(lambda col: where(col.name)).to_markdown(disable_numparse=True)
 
 
-def run_name(df: pd.DataFrame) -> str:
-    return df.attrs["config"].get("run", df.attrs["config"].get("method"))
-
-
 def write_report(radii=RADII) -> str:
     """Tables (markdown, CSV) and figures (HTML) from whatever result files exist. The README gets the
     summary, the paired differences and the fine-tuning cost; summary.md adds the per-class tables."""
@@ -315,77 +309,6 @@ def write_report(radii=RADII) -> str:
             certified_accuracy_figure(subset).write_html(RESULTS / f"certified_accuracy_s{sigma:g}.html",
                                                          include_plotlyjs="cdn", div_id=f"certified-s{sigma:g}")
     return full
-
-
-def verdict_table(results: dict[str, pd.DataFrame], recipe: str = VERDICT_RECIPE, radii=RADII,
-                  level: float = 0.05) -> pd.DataFrame | None:
-    """The paper's claim, ft-cadis ≥ denoised-ce ≥ none at every radius, judged per σ under `recipe` on the same
-    images and draws (exact McNemar), and on the best-σ envelope (point estimates: σ is picked after the fact).
-
-    Per σ: each pair's worst radius, the radii where the ordering holds and where a step of it is reversed at
-    `level`, ft-cadis against none at r = σ, and the target (at most TOLERANCE below either, and ahead of none
-    at r = σ at `level`). Radii no run certifies any image at are left out. None until one σ has all three."""
-    names = {"ft-cadis": f"ft-cadis.{recipe}", "denoised-ce": f"denoised-ce.{recipe}", "none": "none"}
-    by_run = {(run_name(df), df.attrs["config"].get("sigma")): df for df in results.values()}
-    pairs = (("ft-cadis", "none"), ("ft-cadis", "denoised-ce"), ("denoised-ce", "none"))
-    rows, done = {}, []
-    for sigma in SIGMAS:
-        if not all((run, sigma) in by_run for run in names.values()):
-            continue
-        runs = {method: by_run[run, sigma] for method, run in names.items()}
-        live = [r for r in radii if any(certified(df, r).any() for df in runs.values())]
-        tests = {pair: paired_comparison(runs[pair[0]], runs[pair[1]], live) for pair in pairs}
-        diff = pd.DataFrame({pair: t["difference"] for pair, t in tests.items()})
-        reversed_ = pd.DataFrame({pair: (t["difference"] < 0) & (t["p_value"] < level) for pair, t in tests.items()})
-        row = {}
-        for pair, t in tests.items():
-            worst = t["difference"].idxmin()
-            row[f"{pair[0]} vs {pair[1]}: worst"] = (f"{100 * t.at[worst, 'difference']:+.1f} at {worst} "
-                                                    f"(p={t.at[worst, 'p_value']:.2g})")
-        holds = diff[[("ft-cadis", "denoised-ce"), ("denoised-ce", "none")]].ge(0).all(axis=1)
-        row["ordering holds at r="] = _radii(holds)
-        row[f"a step reversed (p<{level:g}) at r="] = _radii(reversed_.any(axis=1)) or "nowhere"
-        at = tests["ft-cadis", "none"].loc[f"r={sigma:g}"]
-        row["ft-cadis vs none at r=σ"] = f"{100 * at['difference']:+.1f} (p={at['p_value']:.2g})"
-        below = -min(diff[("ft-cadis", "none")].min(), diff[("ft-cadis", "denoised-ce")].min())
-        misses = [f"{100 * below:.1f} points below at worst"] if below > TOLERANCE + 1e-9 else []
-        if not (at["difference"] > 0 and at["p_value"] < level):
-            misses.append("not clearly ahead of none at r=σ")
-        row["target"] = "missed: " + ", ".join(misses) if misses else "met"
-        rows[f"σ={sigma:g} ({recipe})"] = row
-        done.append(sigma)
-    if not rows:
-        return None
-    chosen = {label: df for label, df in results.items()
-              if run_name(df) in names.values() and df.attrs["config"].get("sigma") in done}
-    envelope = envelope_table(chosen, radii).rename(index={run: method for method, run in names.items()})
-    if len(done) > 1:
-        envelope = envelope.loc[:, envelope.gt(0).any()]
-        gap = {("ft-cadis", "none"): envelope.loc["ft-cadis"] - envelope.loc["none"],
-               ("ft-cadis", "denoised-ce"): envelope.loc["ft-cadis"] - envelope.loc["denoised-ce"],
-               ("denoised-ce", "none"): envelope.loc["denoised-ce"] - envelope.loc["none"]}
-        row = {f"{a} vs {b}: worst": f"{100 * g.min():+.1f} at {g.idxmin()}" for (a, b), g in gap.items()}
-        row["ordering holds at r="] = _radii((gap["ft-cadis", "denoised-ce"] >= 0) & (gap["denoised-ce", "none"] >= 0))
-        rows[f"envelope ({recipe}, best σ)"] = row
-    table = pd.DataFrame.from_dict(rows, orient="index").fillna("")
-    table.index.name = "where"
-    table.attrs["produced_by"] = {  # what every row stands on: the runs, their σ, N and α
-        "recipe": recipe, "tolerance": TOLERANCE, "level": level, "test": "exact McNemar, per σ",
-        "runs": [{"run": run_name(df)} | {key: _in_repository(df.attrs["config"].get(key))
-                                          for key in ("sigma", "classifier", "denoiser", "n0", "n", "alpha", "seed")}
-                 | {"images": len(df)} for df in chosen.values()]}
-    return table
-
-
-def _in_repository(value):
-    """Paths inside this repository (also in a spec, e.g. `local-dir:PATH`) relative to it: the same on every
-    checkout."""
-    return value.replace(f"{ASSETS.parent}/", "") if isinstance(value, str) else value
-
-
-def _radii(mask: pd.Series) -> str:
-    """The radii ("r=0", …) where `mask` is true, as one string."""
-    return ", ".join(mask.index[mask].str.removeprefix("r=")) if mask.any() else ""
 
 
 def comparisons(runs: set[str]) -> list[tuple[str, str]]:
