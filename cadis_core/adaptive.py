@@ -21,6 +21,7 @@ See docs/adaptive.md.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from .errors import CadisError
 from .smoothing import (
     ABSTAIN,
     Certificate,
+    DenoisedSmoothing,
     Smooth,
     check_parameters,
     lower_confidence_bound,
@@ -144,3 +146,32 @@ def certify_adaptive(smooth: Smooth, x: torch.Tensor, n0: int, n: int, alpha: fl
     tolerance = default_tolerance(smooth.sigma) if tolerance is None else tolerance
     return certify_sequential(lambda k: smooth.sample_counts(x, k, gen, progress), smooth.sigma, n0, n, alpha,
                               tolerance, radii, first_look)
+
+
+def certify_adaptive_classifiers(smooth: DenoisedSmoothing, x: torch.Tensor, classifiers: Sequence[torch.nn.Module],
+                                 n0: int, n: int, alpha: float, seed: int = 0, tolerance: float | None = None,
+                                 radii: Sequence[float] = (), first_look: int = FIRST_LOOK) -> list[Certificate]:
+    """Adaptive CERTIFY of classifier_k ∘ denoiser for every k on the same draws, denoising each draw once.
+    Certificate k is the one `certify_adaptive` gives with classifier_k alone. Every classifier asks for the
+    same batches in the same order (n0, then the looks), so classifier k replays the batches the ones
+    before it drew, and a batch beyond them is denoised once for k and every classifier after it."""
+    heads = smooth.heads(classifiers)
+    gen = smooth.generator(x, seed)
+    batches: list[np.ndarray] = []  # the i-th request's class counts, [classifiers × classes]
+
+    def source(k: int) -> Callable[[int], np.ndarray]:
+        requests = itertools.count()
+
+        def draw(num: int) -> np.ndarray:
+            i = next(requests)
+            if i == len(batches):
+                counts = np.zeros((len(heads), smooth.num_classes), dtype=np.int64)
+                counts[k:] = smooth.sample_counts(x, num, gen, heads=heads[k:])
+                batches.append(counts)
+            assert batches[i][k].sum() == num, "classifiers must request the same batches"
+            return batches[i][k]
+        return draw
+
+    tolerance = default_tolerance(smooth.sigma) if tolerance is None else tolerance
+    return [certify_sequential(source(k), smooth.sigma, n0, n, alpha, tolerance, radii, first_look)
+            for k in range(len(heads))]

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from .acceleration import Acceleration
+from .adaptive import AdaptiveSettings, default_tolerance
 from .analysis import (
     certified,
     certified_accuracy_figure,
@@ -111,8 +112,9 @@ def run_finetuning(methods=METHODS, sigmas=SIGMAS, steps: int | None = None, run
 
 def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0: int = 100, n: int = 1000,
                       alpha: float = 0.001, batch_size: int = 550, seed: int = 0,
-                      acceleration: Acceleration | None = None) -> None:
-    """Per σ, certify every method on the same draws: the denoiser runs once for all of them."""
+                      acceleration: Acceleration | None = None, adaptive: AdaptiveSettings | None = None) -> None:
+    """Per σ, certify every method on the same draws: the denoiser runs once for all of them. With `adaptive`,
+    adaptive CERTIFY into results_folder(n, adaptive), beside the main results rather than over them."""
     acceleration = acceleration or Acceleration()
     preset = get_preset("fashion-mnist")
     denoiser, _ = preset.load_models()
@@ -120,7 +122,9 @@ def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0:
     for sigma in sigmas:
         shared = CertifyConfig(denoiser=preset.denoiser, classifier="", dataset=preset.dataset, split="test",
                                sigma=sigma, n0=n0, n=n, alpha=alpha, seed=seed, batch_size=batch_size,
-                               acceleration=acceleration, max_index=max_images, preset=preset.name)
+                               acceleration=acceleration, max_index=max_images, preset=preset.name,
+                               adaptive=adaptive)
+        folder = results_folder(n, adaptive)
         classifiers, outs = [], []
         for method in methods:
             spec = classifier_spec(method, sigma)
@@ -130,7 +134,7 @@ def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0:
                 notes["finetune"] = json.loads((Path(spec) / "finetune.json").read_text())
             config = replace(shared, classifier=spec, method=run_method(method)[0], label=f"{method} σ={sigma:g}",
                              notes=notes)
-            outs.append((RESULTS / f"{method}_s{sigma:g}.tsv", config))
+            outs.append((folder / f"{method}_s{sigma:g}.tsv", config))
         smooth = DenoisedSmoothing(denoiser, classifiers[0], sigma, batch_size, acceleration=acceleration)
         certify_classifiers(smooth, classifiers, test, outs)
 
@@ -237,6 +241,13 @@ def envelope_markdown(results: dict[str, pd.DataFrame], radii=RADII) -> str:
                 for v, s, r in zip(table[col], sigma[col], run[col])]
 
     return table.apply(lambda col: where(col.name)).to_markdown(disable_numparse=True)
+
+
+def results_folder(n: int, adaptive: AdaptiveSettings | None) -> Path:
+    """assets/results for the main runs (fixed N=1000); a subfolder for adaptive ones, e.g. n10000-adaptive."""
+    if adaptive is None and n == 1000:
+        return RESULTS
+    return RESULTS / f"n{n}{'-adaptive' if adaptive else ''}"
 
 
 def write_report(radii=RADII) -> str:
@@ -371,9 +382,10 @@ def finetuning_cost() -> pd.DataFrame | None:
 
 def run_all(stage: str = "all", steps: int | None = None, max_images: int = 500, n: int = 1000, threads: int = 0,
             precision: str = "fp32", compile: bool = False, sigmas=SIGMAS, methods=METHODS,
-            runs: Path = Path("runs/finetune")) -> str:
+            runs: Path = Path("runs/finetune"), adaptive: bool = False) -> str:
     """Every stage, one σ at a time (its results are complete before the next σ starts);
-    `precision`/`compile` speed up certification (and `compile` fine-tuning)."""
+    `precision`/`compile` speed up certification (and `compile` fine-tuning). `adaptive` certifies with
+    adaptive CERTIFY, the report's radii as the radii of interest (for N beyond 1000, where its cap cuts them)."""
     if threads:
         torch.set_num_threads(threads)
     if stage == "diagnose":
@@ -385,5 +397,6 @@ def run_all(stage: str = "all", steps: int | None = None, max_images: int = 500,
             run_finetuning(methods, (sigma,), steps=steps, runs=runs, compile=compile)
         if stage in ("all", "certify"):
             run_certification(methods, (sigma,), max_images=max_images, n=n,
-                              acceleration=Acceleration(precision, compile=compile))
+                              acceleration=Acceleration(precision, compile=compile),
+                              adaptive=AdaptiveSettings(default_tolerance(sigma), RADII) if adaptive else None)
     return write_report()

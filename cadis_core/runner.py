@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .acceleration import Acceleration
-from .adaptive import AdaptiveSettings, certify_adaptive
+from .adaptive import AdaptiveSettings, certify_adaptive, certify_adaptive_classifiers
 from .data import ImageDataset
 from .errors import CadisError
 from .seeds import derive_seed
@@ -322,13 +322,18 @@ def certify_classifiers(smooth: DenoisedSmoothing, classifiers: Sequence[torch.n
     """Certify several classifiers behind one denoiser on the same draws, one TSV (and sidecar) each.
     Each file's rows equal what `certify_dataset` writes for that classifier alone; the denoiser runs once."""
     configs = [c for _, c in outs]
-    if any(c.draws() != configs[0].draws() for c in configs) or any(c.adaptive for c in configs):
-        raise CadisError("Shared draws need the same sigma, n0, n, alpha, seed and images in every "
-                         "configuration, and no adaptive one.")
-    c = configs[0]
-    _certify_loop(lambda x, s, wanted: smooth.certify_classifiers(x, [classifiers[k] for k in wanted], c.n0, c.n,
-                                                                  c.alpha, seed=s),
-                  smooth, dataset, [(Path(o), config) for o, config in outs], fresh)
+    if any(c.draws() != configs[0].draws() or c.adaptive != configs[0].adaptive for c in configs):
+        raise CadisError("Shared draws need the same sigma, n0, n, alpha, seed, images and adaptive settings in "
+                         "every configuration.")
+    c, a = configs[0], configs[0].adaptive
+
+    def certify(x: torch.Tensor, seed: int, wanted: list[int]) -> list[Certificate]:
+        picked = [classifiers[k] for k in wanted]
+        if a is None:
+            return smooth.certify_classifiers(x, picked, c.n0, c.n, c.alpha, seed=seed)
+        return certify_adaptive_classifiers(smooth, x, picked, c.n0, c.n, c.alpha, seed, a.tolerance, a.radii,
+                                            a.first_look)
+    _certify_loop(certify, smooth, dataset, [(Path(o), config) for o, config in outs], fresh)
     return [Path(o) for o, _ in outs]
 
 

@@ -194,11 +194,15 @@ class DenoisedSmoothing(Smooth):
         Certificate k is the one `certify` gives with classifier_k and this seed (common random
         numbers, so methods compare paired), at the cost of one denoising for all of them."""
         check_parameters(alpha=alpha, n0=n0, n=n)
-        heads = [self._prepared(c, (c,)) for c in classifiers]
+        heads = self.heads(classifiers)
         gen = self.generator(x, seed)
         selection = self.sample_counts(x, n0, gen, progress, heads)
         estimation = self.sample_counts(x, n, gen, progress, heads)
         return [decide(s, e, alpha, self.sigma) for s, e in zip(selection, estimation)]
+
+    def heads(self, classifiers: Sequence[torch.nn.Module]) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """The classifiers as heads over `shared` (the denoised batch), each prepared once."""
+        return [self._prepared(c, (c,)) for c in classifiers]
 
     def shared(self, noisy: torch.Tensor) -> torch.Tensor:
         """The denoised batch: classifiers behind this denoiser share it."""

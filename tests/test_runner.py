@@ -201,6 +201,51 @@ def test_shared_draw_certification_equals_separate_runs_and_resumes_per_file(tin
     assert calls[0] > 0 and calls[1] == 0
 
 
+def test_adaptive_shared_draws_equal_separate_adaptive_runs(tiny_denoiser_dir, tmp_path):
+    from dataclasses import replace
+
+    import torch
+
+    from cadis_core.adaptive import AdaptiveSettings
+    from cadis_core.classifier import ImageClassifier
+    from cadis_core.data import load_dataset
+    from cadis_core.denoiser import DiffusionDenoiser
+    from cadis_core.errors import CadisError
+    from cadis_core.runner import CertifyConfig, certify_classifiers, certify_dataset
+    from cadis_core.smoothing import DenoisedSmoothing
+
+    from conftest import make_tiny_vit
+
+    denoiser = DiffusionDenoiser.from_pretrained(tiny_denoiser_dir)
+    vit = make_tiny_vit()  # near-constant on every draw: certifies
+    torch.manual_seed(0)
+    for p in vit.parameters():
+        p.data.normal_(0, 0.3)
+    torch.manual_seed(1)  # large random weights on the pixels: its vote follows the noise, so it abstains early
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    torch.nn.init.normal_(linear[1].weight, 0, 5.0)
+    classifiers = [ImageClassifier(m.eval(), (1, 28, 28), (0.5,), (0.5,), classes=[str(c) for c in range(10)])
+                   for m in (vit, linear)]
+    test = load_dataset("fashion-mnist", "test")
+    smooth = DenoisedSmoothing(denoiser, classifiers[0], 0.25, batch_size=64)
+    adaptive = AdaptiveSettings(0.025, (0.0, 0.25, 0.5), first_look=25)
+    config = CertifyConfig(denoiser="tiny", classifier="", dataset="fashion-mnist", sigma=0.25, n0=10, n=200,
+                           alpha=0.01, seed=5, max_index=6, adaptive=adaptive)
+    outs = [(tmp_path / f"shared{k}.tsv", replace(config, classifier=str(k))) for k in range(2)]
+    certify_classifiers(smooth, classifiers, test, outs)
+    cols = ["idx", "label", "predict", "radius", "count_a", "n", "p_a_lower"]
+    shared = [_rows(out)[cols] for out, _ in outs]
+    for k, clf in enumerate(classifiers):
+        alone = tmp_path / f"alone{k}.tsv"
+        certify_dataset(DenoisedSmoothing(denoiser, clf, 0.25, batch_size=64), test, alone, config)
+        pd.testing.assert_frame_equal(shared[k], _rows(alone)[cols])
+    assert not shared[0]["n"].equals(shared[1]["n"])  # the heads stopped at different looks
+    assert (shared[0]["n"] < 200).any()  # and the rows come from an adaptive run
+    mixed = [outs[0], (tmp_path / "fixed.tsv", replace(config, classifier="1", adaptive=None))]
+    with pytest.raises(CadisError, match="adaptive settings"):
+        certify_classifiers(smooth, classifiers, test, mixed)
+
+
 def test_batch_size_auto_is_recorded_and_bad_values_are_refused(tiny_denoiser_dir, tiny_classifier_dir, tmp_path,
                                                                 capsys):
     def args(value, out):

@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "across machines")
     p.add_argument("--max", type=checks.integer(1), default=500, help="certify the first K test images")
     p.add_argument("--n", type=checks.integer(1), default=1000, help="draws per certificate")
+    p.add_argument("--adaptive", action="store_true",
+                   help="certify with adaptive CERTIFY (radii of interest: the report's) into "
+                        "assets/results/n{N}-adaptive/; for --n 10000, where N=1000's radius cap cuts a radius")
     p.add_argument("--threads", type=checks.integer(0), default=0, help="torch CPU threads (0: torch's default)")
     from ..acceleration import PRECISIONS
 
@@ -50,4 +53,4 @@ def run(args: argparse.Namespace) -> None:
     from ..results import run_all
 
     print(run_all(args.stage, args.steps, args.max, args.n, args.threads, args.precision, args.compile,
-                  args.sigmas, args.methods, Path(args.runs_dir)))
+                  args.sigmas, args.methods, Path(args.runs_dir), args.adaptive))
