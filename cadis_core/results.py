@@ -125,6 +125,7 @@ def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0:
                                acceleration=acceleration, max_index=max_images, preset=preset.name,
                                adaptive=adaptive)
         folder = results_folder(n, adaptive)
+        tag = "" if folder == RESULTS else f" N={n} adaptive" if adaptive else f" N={n}"  # labels stay unique
         classifiers, outs = [], []
         for method in methods:
             spec = classifier_spec(method, sigma)
@@ -132,7 +133,7 @@ def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0:
             notes = {"run": method, "shared_draws_with": [m for m in methods if m != method]}
             if method != "none":  # the fine-tuning configuration travels with the results
                 notes["finetune"] = json.loads((Path(spec) / "finetune.json").read_text())
-            config = replace(shared, classifier=spec, method=run_method(method)[0], label=f"{method} σ={sigma:g}",
+            config = replace(shared, classifier=spec, method=run_method(method)[0], label=f"{method} σ={sigma:g}{tag}",
                              notes=notes)
             outs.append((folder / f"{method}_s{sigma:g}.tsv", config))
         smooth = DenoisedSmoothing(denoiser, classifiers[0], sigma, batch_size, acceleration=acceleration)
