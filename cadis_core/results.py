@@ -19,15 +19,14 @@ import torch
 from .acceleration import Acceleration
 from .adaptive import AdaptiveSettings, default_tolerance
 from .analysis import (
-    certified,
     certified_accuracy_figure,
     envelope_table,
     merge_results,
-    paired_comparison,
     per_class_accuracy,
     summary_markdown,
     summary_table,
 )
+from .comparisons import paired_table, run_name
 from .data import ASSETS, FASHION_MNIST_CLASSES, ImageDataset
 from .errors import CadisError
 from .evaluation import selection_rates
@@ -40,7 +39,7 @@ from .recipes import RECIPES, get_recipe
 from .runner import CertifyConfig, certify_classifiers
 from .smoothing import DenoisedSmoothing
 from .training_curves import comparison_figure, plateau_table
-from .verdict import RADII, TOLERANCE, VERDICT_RECIPE, run_name, verdict_table
+from .verdict import RADII, TOLERANCE, VERDICT_RECIPE, verdict_table
 
 RESULTS = ASSETS / "results"
 FINETUNED = ASSETS / "models" / "finetuned"
@@ -54,13 +53,7 @@ VARIANTS = {"ft-cadis-detached": ("ft-cadis", {"detach_target": True}),
             "ft-cadis-balanced": ("ft-cadis", {"madv_class_balance": True})}  # ours, beyond the paper
 RUNS = (*OBJECTIVE_METHODS, *VARIANTS)
 TRAIN_SIZE = 60_000  # Fashion-MNIST training images: recipes count epochs of it
-# Paired comparisons in the report (first against second), where both runs exist at a σ.
-COMPARISONS = (("denoised-ce", "none"), ("ft-cadis", "none"), ("ft-cadis", "denoised-ce"),
-               ("ft-cadis", "ft-cadis-detached"), ("ft-cadis-balanced", "ft-cadis"), ("ft-cadis-balanced", "none"),
-               ("ft-cadis-detached", "none"), ("ft-cadis-detached", "denoised-ce"),
-               ("sce-only", "none"),
-               ("ce-madv", "none"), ("ft-cadis-detached", "sce-only"), ("ft-cadis-detached-lam1", "none"),
-               ("ft-cadis-detached-lam1", "ft-cadis-detached"))
+
 
 
 def run_method(run: str) -> tuple[str, dict]:
@@ -321,37 +314,6 @@ def write_report(radii=RADII) -> str:
             certified_accuracy_figure(subset).write_html(RESULTS / f"certified_accuracy_s{sigma:g}.html",
                                                          include_plotlyjs="cdn", div_id=f"certified-s{sigma:g}")
     return full
-
-
-def comparisons(runs: set[str]) -> list[tuple[str, str]]:
-    """COMPARISONS within each recipe that `runs` holds (`none` has no recipe), then each recipe's run against the
-    same method in the `short` recipe; only pairs whose two runs are both in `runs`."""
-    pairs = []
-    for recipe in sorted({run.partition(".")[2] for run in runs}):
-        tag = f".{recipe}" if recipe else ""
-        pairs += [(first + tag, second if second == "none" else second + tag) for first, second in COMPARISONS]
-    pairs += [(run, run.partition(".")[0]) for run in sorted(runs) if "." in run]
-    return [(a, b) for a, b in dict.fromkeys(pairs) if a in runs and b in runs]
-
-
-def paired_table(results: dict[str, pd.DataFrame], radii=RADII) -> pd.DataFrame | None:
-    """One row per comparison (`comparisons`) and σ: "+3.0 (20/5, p=0.002)" per radius."""
-    by_run = {(run_name(df), df.attrs["config"].get("sigma")): df for df in results.values()}
-    # radii no run certifies any image at would only add columns of "+0.0 (0/0, p=1)"
-    radii = [r for r in radii if any(certified(df, r).any() for df in results.values())]
-    rows = {}
-    for sigma in SIGMAS:
-        for first, second in comparisons({run for run, _ in by_run}):
-            if (first, sigma) in by_run and (second, sigma) in by_run:
-                table = paired_comparison(by_run[first, sigma], by_run[second, sigma], radii)
-                rows[f"{first} vs {second} σ={sigma:g}"] = {
-                    r: f"{100 * t['difference']:+.1f} ({t['a_only']:.0f}/{t['b_only']:.0f}, p={t['p_value']:.2g})"
-                    for r, t in table.iterrows()}
-    if not rows:
-        return None
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.index.name = "comparison"
-    return table
 
 
 def update_readme_block(readme: Path, markdown: str) -> bool:

@@ -6,15 +6,12 @@ from __future__ import annotations
 import pandas as pd
 
 from .analysis import certified, envelope_table, paired_comparison
+from .comparisons import run_name, runs_by_sigma
 from .data import ASSETS
 
 VERDICT_RECIPE = "authors-lora"  # the recipe the paper's claim is judged under: the authors' LoRA recipe
 TOLERANCE = 0.01  # the target: ft-cadis at most 1 point below none or denoised-ce at any radius
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # the paper's and Carlini et al.'s columns
-
-
-def run_name(df: pd.DataFrame) -> str:
-    return df.attrs["config"].get("run", df.attrs["config"].get("method"))
 
 
 def verdict_table(results: dict[str, pd.DataFrame], recipe: str = VERDICT_RECIPE, radii=RADII,
@@ -26,7 +23,7 @@ def verdict_table(results: dict[str, pd.DataFrame], recipe: str = VERDICT_RECIPE
     `level`, ft-cadis against none at r = σ, and the target (at most TOLERANCE below either, and ahead of none
     at r = σ at `level`). Radii no run certifies any image at are left out. None until one σ has all three."""
     names = {"ft-cadis": f"ft-cadis.{recipe}", "denoised-ce": f"denoised-ce.{recipe}", "none": "none"}
-    by_run = {(run_name(df), df.attrs["config"].get("sigma")): df for df in results.values()}
+    by_run = runs_by_sigma(results)
     pairs = (("ft-cadis", "none"), ("ft-cadis", "denoised-ce"), ("denoised-ce", "none"))
     rows, done = {}, []
     for sigma in sorted({sigma for _, sigma in by_run if sigma is not None}):

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from cadis_core import results
+from cadis_core.comparisons import comparisons
 from cadis_core.errors import CadisError
 
 
@@ -93,14 +94,14 @@ def test_the_authors_recipes_follow_their_learning_rate_rule(tmp_path):
 
 def test_comparisons_pair_runs_within_a_recipe_and_across_recipes():
     runs = {"none", "denoised-ce", "ft-cadis", "denoised-ce.authors-lora", "ft-cadis.authors-lora"}
-    pairs = results.comparisons(runs)
+    pairs = comparisons(runs)
     for pair in [("ft-cadis", "none"), ("ft-cadis.authors-lora", "none"),
                  ("ft-cadis.authors-lora", "denoised-ce.authors-lora"), ("denoised-ce.authors-lora", "none"),
                  ("ft-cadis.authors-lora", "ft-cadis"), ("denoised-ce.authors-lora", "denoised-ce")]:
         assert pair in pairs
     assert ("ft-cadis.authors-lora", "denoised-ce") not in pairs  # not across recipes within a method pair
     assert len(pairs) == len(set(pairs)) and all(a in runs and b in runs for a, b in pairs)
-    assert results.comparisons({"ft-cadis"}) == []
+    assert comparisons({"ft-cadis"}) == []
 
 
 def _run(name: str, sigma: float, radii: list[float]) -> pd.DataFrame:
