@@ -118,7 +118,7 @@ def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0:
                                acceleration=acceleration, max_index=max_images, preset=preset.name,
                                adaptive=adaptive)
         folder = results_folder(n, adaptive)
-        tag = "" if folder == RESULTS else f" N={n} adaptive" if adaptive else f" N={n}"  # labels stay unique
+        tag = "" if adaptive is None else f" N={n} adaptive"  # labels stay unique beside the main runs
         classifiers, outs = [], []
         for method in methods:
             spec = classifier_spec(method, sigma)
@@ -238,10 +238,8 @@ def envelope_markdown(results: dict[str, pd.DataFrame], radii=RADII) -> str:
 
 
 def results_folder(n: int, adaptive: AdaptiveSettings | None) -> Path:
-    """assets/results for the main runs (fixed N=1000); a subfolder for adaptive ones, e.g. n10000-adaptive."""
-    if adaptive is None and n == 1000:
-        return RESULTS
-    return RESULTS / f"n{n}{'-adaptive' if adaptive else ''}"
+    """assets/results for the main runs (fixed N); a subfolder for adaptive ones, e.g. n10000-adaptive."""
+    return RESULTS if adaptive is None else RESULTS / f"n{n}-adaptive"
 
 
 def write_report(radii=RADII) -> str:
