@@ -37,7 +37,7 @@ from .objective import METHODS as OBJECTIVE_METHODS
 from .presets import SEARCH_ROOTS, get_preset
 from .recipes import RECIPES, get_recipe
 from .runner import CertifyConfig, certify_classifiers
-from .smoothing import DenoisedSmoothing
+from .smoothing import DenoisedSmoothing, max_radius
 from .training_curves import comparison_figure, plateau_table
 from .verdict import RADII, TOLERANCE, VERDICT_RECIPE, verdict_table
 
@@ -272,6 +272,8 @@ def write_report(radii=RADII) -> str:
         markdown += ("\n\nBest-σ envelope per method (its recipes pooled): the best certified accuracy over σ at each "
                      "radius, and the σ (and the recipe, where not `short`) that gives it\n\n"
                      + envelope_markdown(results, radii))
+    for folder in sorted(RESULTS.glob("n*-adaptive")):
+        markdown += beyond_cap_markdown(folder, radii)
     cost = finetuning_cost()
     if cost is not None:
         cost.to_csv(RESULTS / "finetune_cost.csv")
@@ -312,6 +314,32 @@ def write_report(radii=RADII) -> str:
             certified_accuracy_figure(subset).write_html(RESULTS / f"certified_accuracy_s{sigma:g}.html",
                                                          include_plotlyjs="cdn", div_id=f"certified-s{sigma:g}")
     return full
+
+
+def beyond_cap_markdown(folder: Path, radii=RADII) -> str:
+    """The adaptive runs in `folder` (`results --adaptive --n N`) where N=1000's radius cap cuts a radius:
+    certified accuracy, the draws each image used, and the paired differences (summary.csv, paired.csv there)."""
+    files = sorted(folder.glob("*_s*.tsv"))
+    if not files:
+        return ""
+    results = merge_results(files)
+    config = next(iter(results.values())).attrs["config"]
+    n, alpha = config["n"], config["alpha"]
+    table = summary_table(results, radii)
+    table["mean draws"] = [df["n"].mean() for df in results.values()]
+    table.to_csv(folder / "summary.csv")
+    caps = ", ".join(f"{max_radius(sigma, n, alpha / 2):.2f} at σ={sigma:g}"
+                     for sigma in sorted({df.attrs["config"]["sigma"] for df in results.values()}))
+    text = (f"\n\nBeyond N=1000's radius cap: adaptive CERTIFY with N={n:,} (`{folder.name}/`; radii of interest "
+            f"{', '.join(f'{r:g}' for r in radii)}; n0={config['n0']}, α={alpha:g}; the same images, and each σ's "
+            f"runs on shared draws). The largest radius it allows is {caps} (all draws agreeing, at the final "
+            "look's α/2)\n\n"
+            + table.to_markdown(floatfmt=["", ".0f", ".2f", *[".3f"] * (len(table.columns) - 3), ".0f"]))
+    paired = paired_table(results, radii)
+    if paired is not None:
+        paired.to_csv(folder / "paired.csv")
+        text += f"\n\nPaired differences at N={n:,} (exact McNemar, as above)\n\n" + paired.to_markdown()
+    return text
 
 
 def update_readme_block(readme: Path, markdown: str) -> bool:

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from cadis_core import results
+from cadis_core.adaptive import AdaptiveSettings
 from cadis_core.comparisons import comparisons
 from cadis_core.errors import CadisError
 
@@ -31,6 +32,13 @@ def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert "AUROC" in per_class and per_class["AUROC"].dropna().between(0, 1).all()
     assert "AUROC of low confidence per class" in results.hallucination_markdown()
     assert (tmp_path / "results" / "hallucination.html").exists()
+    # An adaptive run beyond N=1000 lands beside the main results, on the same images and shared draws.
+    adaptive = AdaptiveSettings(0.025, results.RADII, first_look=25)
+    results.run_certification(methods, sigmas, max_images=3, n0=10, n=200, batch_size=60, adaptive=adaptive)
+    beside = tmp_path / "results" / "n200-adaptive"
+    assert sorted(f.name for f in beside.glob("*.tsv")) == ["ft-cadis_s0.25.tsv", "none_s0.25.tsv"]
+    adaptive_rows = pd.read_csv(beside / "none_s0.25.tsv", sep="\t")
+    assert len(adaptive_rows) == 3 and adaptive_rows["n"].between(25, 200).all()
     rates = results.run_diagnostics((0.25,), limit=40)
     assert rates["images"].iloc[-1] == 40 and (rates["mask_rate"] <= rates["selection_rate"]).all()
     table = results.write_report()
@@ -42,6 +50,12 @@ def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
     per_class = pd.read_csv(tmp_path / "results" / "per_class_r0.csv", index_col=0)
     assert list(per_class.index) == ["ft-cadis σ=0.25", "none σ=0.25"]
     assert "Certified accuracy per class at r=0" in table
+    # the adaptive runs get their own table, and stay out of the main ones
+    assert "Beyond N=1000's radius cap: adaptive CERTIFY with N=200" in table
+    assert "ft-cadis σ=0.25 N=200 adaptive" in table and "ft-cadis vs none σ=0.25" in table
+    summary = pd.read_csv(beside / "summary.csv", index_col=0)
+    assert summary.loc["none σ=0.25 N=200 adaptive", "mean draws"] == adaptive_rows["n"].mean()
+    assert len(pd.read_csv(tmp_path / "results" / "summary.csv")) == 2
 
 
 def test_the_readme_block_between_the_markers_is_replaced(tmp_path):
