@@ -39,7 +39,7 @@ from .recipes import RECIPES, get_recipe
 from .runner import CertifyConfig, certify_classifiers
 from .smoothing import DenoisedSmoothing, max_radius
 from .training_curves import comparison_figure, plateau_table
-from .verdict import RADII, TOLERANCE, VERDICT_RECIPE, verdict_table
+from .verdict import RADII, TOLERANCE, VERDICT_RECIPE, in_repository, verdict_table
 
 RESULTS = ASSETS / "results"
 FINETUNED = ASSETS / "models" / "finetuned"
@@ -187,7 +187,8 @@ def run_hallucination(sigmas=SIGMAS, images: int = 500, draws: int = 4, multiste
     per_class.to_csv(RESULTS / "hallucination.csv", index=False)
     detector.to_csv(RESULTS / "hallucination_detector.csv", index=False)
     (RESULTS / "hallucination.json").write_text(json.dumps(
-        {"denoiser": preset.denoiser, "classifier": preset.classifier, "fine-tuned": str(FINETUNED),
+        {"denoiser": in_repository(preset.denoiser), "classifier": in_repository(preset.classifier),
+         "fine-tuned": in_repository(str(FINETUNED)),
          "dataset": preset.dataset, "split": "test", "images": images, "draws_per_image": draws,
          "multistep": {"sigma": 1.0, "images": multistep_images, "steps": 10, "sampler": "ddpm"},
          "seed": seed, "sigmas": list(sigmas)}, indent=2))

@@ -68,13 +68,13 @@ def verdict_table(results: dict[str, pd.DataFrame], recipe: str = VERDICT_RECIPE
     table.index.name = "where"
     table.attrs["produced_by"] = {  # what every row stands on: the runs, their σ, N and α
         "recipe": recipe, "tolerance": TOLERANCE, "level": level, "test": "exact McNemar, per σ",
-        "runs": [{"run": run_name(df)} | {key: _in_repository(df.attrs["config"].get(key))
+        "runs": [{"run": run_name(df)} | {key: in_repository(df.attrs["config"].get(key))
                                           for key in ("sigma", "classifier", "denoiser", "n0", "n", "alpha", "seed")}
                  | {"images": len(df)} for df in chosen.values()]}
     return table
 
 
-def _in_repository(value):
+def in_repository(value):
     """Paths inside this repository (also in a spec, e.g. `local-dir:PATH`) relative to it: the same on every
     checkout."""
     return value.replace(f"{ASSETS.parent}/", "") if isinstance(value, str) else value

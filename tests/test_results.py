@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -32,6 +34,8 @@ def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert "AUROC" in per_class and per_class["AUROC"].dropna().between(0, 1).all()
     assert "AUROC of low confidence per class" in results.hallucination_markdown()
     assert (tmp_path / "results" / "hallucination.html").exists()
+    produced_by = json.loads((tmp_path / "results" / "hallucination.json").read_text())
+    assert produced_by["denoiser"] == "assets/models/fmnist-ddpm"  # the same on every checkout
     # An adaptive run beyond N=1000 lands beside the main results, on the same images and shared draws.
     adaptive = AdaptiveSettings(0.025, results.RADII, first_look=25)
     results.run_certification(methods, sigmas, max_images=3, n0=10, n=200, batch_size=60, adaptive=adaptive)
