@@ -152,15 +152,38 @@ def test_bf16_precision_is_recorded_and_bad_radii_are_refused(tiny_denoiser_dir,
     assert "--radii: must be comma-separated" in capsys.readouterr().err
 
 
-def test_shared_draw_certification_equals_separate_runs_and_resumes_per_file(tiny_denoiser_dir, tmp_path):
+ROW_COLUMNS = ["idx", "label", "predict", "radius", "count_a", "n", "p_a_lower"]
+
+
+def _shared_equals_alone(denoiser, classifiers, config, batch_size, tmp_path):
+    """Certify `classifiers` on shared draws, check each file against a run of that classifier alone, and return
+    the shared run's outputs and rows."""
     from dataclasses import replace
+
+    from cadis_core.data import load_dataset
+    from cadis_core.runner import certify_classifiers, certify_dataset
+    from cadis_core.smoothing import DenoisedSmoothing
+
+    test = load_dataset("fashion-mnist", "test")
+    smooth = DenoisedSmoothing(denoiser, classifiers[0], config.sigma, batch_size=batch_size)
+    outs = [(tmp_path / f"shared{k}.tsv", replace(config, classifier=str(k))) for k in range(len(classifiers))]
+    certify_classifiers(smooth, classifiers, test, outs)
+    shared = [_rows(out)[ROW_COLUMNS] for out, _ in outs]
+    for k, clf in enumerate(classifiers):
+        alone = tmp_path / f"alone{k}.tsv"
+        certify_dataset(DenoisedSmoothing(denoiser, clf, config.sigma, batch_size=batch_size), test, alone, config)
+        pd.testing.assert_frame_equal(shared[k], _rows(alone)[ROW_COLUMNS])
+    return outs, shared
+
+
+def test_shared_draw_certification_equals_separate_runs_and_resumes_per_file(tiny_denoiser_dir, tmp_path):
 
     import torch
 
     from cadis_core.classifier import ImageClassifier
     from cadis_core.data import load_dataset
     from cadis_core.denoiser import DiffusionDenoiser
-    from cadis_core.runner import CertifyConfig, certify_classifiers, certify_dataset
+    from cadis_core.runner import CertifyConfig, certify_classifiers
     from cadis_core.smoothing import DenoisedSmoothing
 
     from conftest import make_tiny_vit
@@ -177,14 +200,7 @@ def test_shared_draw_certification_equals_separate_runs_and_resumes_per_file(tin
     smooth = DenoisedSmoothing(denoiser, classifiers[0], 0.25, batch_size=24)
     config = CertifyConfig(denoiser="tiny", classifier="", dataset="fashion-mnist", sigma=0.25, n0=8, n=40,
                            alpha=0.01, seed=3, max_index=6)
-    outs = [(tmp_path / f"shared{k}.tsv", replace(config, classifier=str(k))) for k in range(2)]
-    certify_classifiers(smooth, classifiers, test, outs)
-    cols = ["idx", "label", "predict", "radius", "count_a", "n", "p_a_lower"]
-    shared = [_rows(out)[cols] for out, _ in outs]
-    for k, clf in enumerate(classifiers):
-        alone = tmp_path / f"alone{k}.tsv"
-        certify_dataset(DenoisedSmoothing(denoiser, clf, 0.25, batch_size=24), test, alone, config)
-        pd.testing.assert_frame_equal(shared[k], _rows(alone)[cols])
+    outs, shared = _shared_equals_alone(denoiser, classifiers, config, 24, tmp_path)
     assert not shared[0][["predict", "count_a"]].equals(shared[1][["predict", "count_a"]])
     # An interrupted run: one file lost its last row; re-running completes only that file.
     first = outs[0][0]
@@ -196,7 +212,7 @@ def test_shared_draw_certification_equals_separate_runs_and_resumes_per_file(tin
     certify_classifiers(smooth, classifiers, test, outs)
     for h in hooks:
         h.remove()
-    pd.testing.assert_frame_equal(_rows(first)[cols], shared[0])
+    pd.testing.assert_frame_equal(_rows(first)[ROW_COLUMNS], shared[0])
     assert outs[1][0].read_text() == second_before
     assert calls[0] > 0 and calls[1] == 0
 
@@ -211,7 +227,7 @@ def test_adaptive_shared_draws_equal_separate_adaptive_runs(tiny_denoiser_dir, t
     from cadis_core.data import load_dataset
     from cadis_core.denoiser import DiffusionDenoiser
     from cadis_core.errors import CadisError
-    from cadis_core.runner import CertifyConfig, certify_classifiers, certify_dataset
+    from cadis_core.runner import CertifyConfig, certify_classifiers
     from cadis_core.smoothing import DenoisedSmoothing
 
     from conftest import make_tiny_vit
@@ -231,14 +247,7 @@ def test_adaptive_shared_draws_equal_separate_adaptive_runs(tiny_denoiser_dir, t
     adaptive = AdaptiveSettings(0.025, (0.0, 0.25, 0.5), first_look=25)
     config = CertifyConfig(denoiser="tiny", classifier="", dataset="fashion-mnist", sigma=0.25, n0=10, n=200,
                            alpha=0.01, seed=5, max_index=6, adaptive=adaptive)
-    outs = [(tmp_path / f"shared{k}.tsv", replace(config, classifier=str(k))) for k in range(2)]
-    certify_classifiers(smooth, classifiers, test, outs)
-    cols = ["idx", "label", "predict", "radius", "count_a", "n", "p_a_lower"]
-    shared = [_rows(out)[cols] for out, _ in outs]
-    for k, clf in enumerate(classifiers):
-        alone = tmp_path / f"alone{k}.tsv"
-        certify_dataset(DenoisedSmoothing(denoiser, clf, 0.25, batch_size=64), test, alone, config)
-        pd.testing.assert_frame_equal(shared[k], _rows(alone)[cols])
+    outs, shared = _shared_equals_alone(denoiser, classifiers, config, 64, tmp_path)
     assert not shared[0]["n"].equals(shared[1]["n"])  # the heads stopped at different looks
     assert (shared[0]["n"] < 200).any()  # and the rows come from an adaptive run
     mixed = [outs[0], (tmp_path / "fixed.tsv", replace(config, classifier="1", adaptive=None))]
