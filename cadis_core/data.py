@@ -41,6 +41,12 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
 
 
+def in_repository(value: Any) -> Any:
+    """Paths inside this repository (also in a spec, e.g. `local-dir:PATH`) relative to it: the same on every
+    checkout."""
+    return value.replace(f"{ASSETS.parent}/", "") if isinstance(value, str) else value
+
+
 @dataclass
 class ImageDataset:
     """Images (N, C, H, W) float32 in [0, 1], integer labels (N,), and the class names.

@@ -27,7 +27,7 @@ from .analysis import (
     summary_table,
 )
 from .comparisons import paired_table, run_name
-from .data import ASSETS, FASHION_MNIST_CLASSES, ImageDataset
+from .data import ASSETS, FASHION_MNIST_CLASSES, ImageDataset, in_repository
 from .errors import CadisError
 from .evaluation import selection_rates
 from .finetune import FinetuneConfig, finetune
@@ -39,7 +39,7 @@ from .recipes import RECIPES, get_recipe
 from .runner import CertifyConfig, certify_classifiers
 from .smoothing import DenoisedSmoothing, max_radius
 from .training_curves import comparison_figure, plateau_table
-from .verdict import RADII, TOLERANCE, VERDICT_RECIPE, in_repository, verdict_table
+from .verdict import RADII, TOLERANCE, VERDICT_RECIPE, verdict_table
 
 RESULTS = ASSETS / "results"
 FINETUNED = ASSETS / "models" / "finetuned"
@@ -53,7 +53,6 @@ VARIANTS = {"ft-cadis-detached": ("ft-cadis", {"detach_target": True}),
             "ft-cadis-balanced": ("ft-cadis", {"madv_class_balance": True})}  # ours, beyond the paper
 RUNS = (*OBJECTIVE_METHODS, *VARIANTS)
 TRAIN_SIZE = 60_000  # Fashion-MNIST training images: recipes count epochs of it
-
 
 
 def run_method(run: str) -> tuple[str, dict]:

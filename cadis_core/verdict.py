@@ -7,7 +7,7 @@ import pandas as pd
 
 from .analysis import certified, envelope_table, paired_comparison
 from .comparisons import run_name, runs_by_sigma
-from .data import ASSETS
+from .data import in_repository
 
 VERDICT_RECIPE = "authors-lora"  # the recipe the paper's claim is judged under: the authors' LoRA recipe
 TOLERANCE = 0.01  # the target: ft-cadis at most 1 point below none or denoised-ce at any radius
@@ -72,12 +72,6 @@ def verdict_table(results: dict[str, pd.DataFrame], recipe: str = VERDICT_RECIPE
                                           for key in ("sigma", "classifier", "denoiser", "n0", "n", "alpha", "seed")}
                  | {"images": len(df)} for df in chosen.values()]}
     return table
-
-
-def in_repository(value):
-    """Paths inside this repository (also in a spec, e.g. `local-dir:PATH`) relative to it: the same on every
-    checkout."""
-    return value.replace(f"{ASSETS.parent}/", "") if isinstance(value, str) else value
 
 
 def _radii(mask: pd.Series) -> str:
