@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .acceleration import Acceleration
+from .augmentation import random_crop_flip
 from .checkpoint import weights_digest
 from .classifier import ImageClassifier
 from .data import ImageDataset
@@ -49,7 +50,7 @@ from .finetune_config import FinetuneConfig, FinetuneResult
 from .lora import apply_lora, base_model, enable_full_finetuning, trainable_parameters
 from .objective import FTCadisLoss, draw_noise
 from .run_dir import RunDir, check_writable
-from .schedules import batch_indices, warmup_cosine
+from .schedules import batch_indices, cosine, warmup_cosine
 from .seeds import derive_seed
 
 
@@ -59,7 +60,7 @@ def prepare_classifier(config: FinetuneConfig, classifier: ImageClassifier) -> I
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # LoRA's A factors are random
         if config.lora:
-            apply_lora(clf, r=config.lora_r, alpha=config.lora_alpha)
+            apply_lora(clf, r=config.lora_r, alpha=config.lora_alpha, split=config.lora_qv)
         else:
             enable_full_finetuning(clf)
     return clf
@@ -73,7 +74,32 @@ def make_optimizer(config: FinetuneConfig, classifier: ImageClassifier) -> torch
                               layer_decay=config.layer_decay)
     for group in opt.param_groups:  # timm leaves lr_scale to its own schedulers; LambdaLR scales from here
         group["lr"] = config.lr * group.get("lr_scale", 1.0)
+        group["decays"] = group["weight_decay"] > 0  # 1-d parameters stay undecayed under a decay schedule
     return opt
+
+
+def set_weight_decay(config: FinetuneConfig, opt: torch.optim.Optimizer, step: int) -> None:
+    """The decay of `step` on the groups that decay: flat, or the authors' cosine to weight_decay_end."""
+    if config.weight_decay_end is None:
+        return
+    decay = cosine(step, config.steps, config.weight_decay, config.weight_decay_end)
+    for group in opt.param_groups:
+        if group.get("decays", True):
+            group["weight_decay"] = decay
+
+
+def clip_gradients(config: FinetuneConfig, params: list[torch.Tensor]) -> torch.Tensor:
+    """Clip to grad_clip over all parameters, or per tensor (`clip_per_tensor`); the norm before clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not config.grad_clip:
+        return torch.nn.utils.get_total_norm(grads)
+    if not config.clip_per_tensor:
+        return torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    total = torch.nn.utils.get_total_norm(grads)
+    for p in params:
+        if p.grad is not None:
+            torch.nn.utils.clip_grad_norm_(p, config.grad_clip)
+    return total
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
@@ -94,11 +120,11 @@ def batch_loss(loss_fn: FTCadisLoss, model: torch.nn.Module, denoiser: torch.nn.
 
 @torch.no_grad()
 def evaluate_denoised(classifier: torch.nn.Module, denoiser: torch.nn.Module, test_set: ImageDataset,
-                      sigma: float, size: int, batch_size: int, seed: int) -> float:
-    """Accuracy of classifier(denoiser(x + σε)) on the first `size` test images, one fixed draw each."""
+                      sigma: float, size: int, batch_size: int, seed: int, offset: int = 0) -> float:
+    """Accuracy of classifier(denoiser(x + σε)) on `size` test images from `offset`, one fixed draw each."""
     classifier = unwrap(classifier)
-    size = min(size, len(test_set))
-    x, y = test_set.images[:size], test_set.labels[:size]
+    x, y = test_set.images[offset:offset + size], test_set.labels[offset:offset + size]
+    size = len(x)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(derive_seed(seed, 999_983)))
     rank, n_proc = world()
     device = _device_of(denoiser)
@@ -240,7 +266,8 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
     def evaluate(step: int) -> None:
         if test_set is None or cfg.eval_size <= 0:
             return
-        acc = evaluate_denoised(model, denoiser, test_set, cfg.sigma, cfg.eval_size, cfg.batch_size, cfg.seed)
+        acc = evaluate_denoised(model, denoiser, test_set, cfg.sigma, cfg.eval_size, cfg.batch_size, cfg.seed,
+                                cfg.eval_offset)
         emit({"kind": "eval", "step": step, "test_acc_denoised": acc})
 
     # ---- the loop
@@ -254,7 +281,11 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
         seed = derive_seed(cfg.seed, step)
         idx = train_idx[batch_indices(len(train_idx), cfg.batch_size, step, cfg.seed)]
         x, y = train_set.images[idx], train_set.labels[idx]
-        noise = draw_noise(x, cfg.num_draws, torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        noise = draw_noise(x, cfg.num_draws, generator)
+        if cfg.augment:  # after the noise, from the same stream: runs without augmentation draw the same noise
+            x = random_crop_flip(x, generator)
+        set_weight_decay(cfg, opt, step)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)  # dropout and the like repeat on resume
             with autocast(device):
@@ -266,10 +297,7 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
         if not math.isfinite(metrics["loss"]):
             bar.close()
             raise _nonfinite("loss", metrics["loss"], done, last_good, run)
-        if cfg.grad_clip:
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None])
+        grad_norm = clip_gradients(cfg, trainable)
         if not torch.isfinite(grad_norm):
             bar.close()
             raise _nonfinite("gradient norm", grad_norm.item(), done, last_good, run)

@@ -66,13 +66,17 @@ class FinetuneConfig:
     lora: bool = True  # False: full fine-tuning
     lora_r: int = 4
     lora_alpha: float = 4.0
+    lora_qv: bool = False  # LoRA on q and v separately (a timm ViT's fused qkv split), as the authors; False: on qkv
     steps: int = 1000
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
+    weight_decay_end: float | None = None  # a cosine from weight_decay to this over the run (the authors'); None: flat
     warmup: int = 50
     min_lr: float = 0.0  # the cosine decays to this learning rate
     grad_clip: float | None = 1.0
+    clip_per_tensor: bool = False  # clip each parameter tensor's gradient to grad_clip (the authors'); False: all
+    augment: bool = False  # random crop (zero padding 4) and horizontal flip of the clean images (the authors')
     layer_decay: float | None = None  # layer-wise lr decay (timm's BEiT-style groups), None: off
     subset: int | None = None  # number of training images (a seeded random subset), None: all
     seed: int = 0
@@ -80,6 +84,7 @@ class FinetuneConfig:
     checkpoint_minutes: float = 3.0
     eval_every: int | None = None  # steps between test evaluations; None: once per epoch; 0: at the end only
     eval_size: int = 500  # test images evaluated (one fixed noise draw each)
+    eval_offset: int = 0  # the first test image evaluated: past the certified ones, for a curve on unseen images
     precision: str = "fp32"  # or "bf16": autocast for the loss (a win on GPUs; slower on small CPU models)
     compile: bool = False  # torch.compile the classifier (about 1.2x on the embedded CPU model, after compiling)
 
@@ -105,6 +110,8 @@ class FinetuneConfig:
         integer("batch_size", self.batch_size, low=1, hint="32 is usual")
         real("lr", self.lr, low=0, open_low=True, high=1, hint="1e-3 is usual with LoRA, 1e-4 with --full")
         real("weight_decay", self.weight_decay, low=0, high=10, hint="0.01 is usual")
+        if self.weight_decay_end is not None:
+            real("weight_decay_end", self.weight_decay_end, low=0, high=10, hint="0.1 in the authors' LoRA recipe")
         integer("warmup", self.warmup, low=0, hint="about 5% of --steps is usual")
         real("min_lr", self.min_lr, low=0, high=self.lr, hint=f"it must not exceed --lr ({self.lr:g}); 0 is usual")
         if self.grad_clip is not None:
@@ -119,6 +126,7 @@ class FinetuneConfig:
         if self.eval_every is not None:
             integer("eval_every", self.eval_every, low=0, hint="0 evaluates at the end only; omit it for every epoch")
         integer("eval_size", self.eval_size, low=0, hint="500 is usual; 0 turns evaluation off")
+        integer("eval_offset", self.eval_offset, low=0, hint="0 evaluates the first test images")
         if self.method != "none":
             self.loss()  # the objective's own checks
 

@@ -39,7 +39,7 @@ from peft import PeftModel
 from .checkpoint import write_atomic
 from .classifier import ImageClassifier
 from .errors import CadisError
-from .lora import is_lora, merged_classifier
+from .lora import SplitQKV, fuse_qkv, is_lora, merged_classifier, needs_split, split_qkv
 from .model_files import RESTORE, check_finite, check_safetensors, first_line, read_json_object
 
 Source = Literal["timm", "hf-hub", "hf", "local-dir", "directory", "adapter"]
@@ -306,6 +306,9 @@ def load_adapter(path: str | os.PathLike, merge: bool = True,
                          f"(looked relative to {directory}{roots}); put the base model there, or load the adapter "
                          "from the project that holds it.")
     base = load_classifier(base_spec, search_roots=search_roots)
+    if needs_split(read_json_object(directory / PEFT_CONFIG, fix).get("target_modules")) and not any(
+            isinstance(m, SplitQKV) for m in base.model.modules()):
+        split_qkv(base.model)  # an adapter of q and v (lora_targets="q,v") needs the fused qkv split first
     try:
         with warnings.catch_warnings():  # peft warns of missing keys; they are checked below
             warnings.simplefilter("ignore")
@@ -321,7 +324,7 @@ def load_adapter(path: str | os.PathLike, merge: bool = True,
     if missing:
         raise CadisError(f"{weights} lacks {len(missing)} of the adapter's tensors (e.g. {missing[0]}); {fix}.")
     if merge:
-        model = model.merge_and_unload()
+        model = fuse_qkv(model.merge_and_unload())
     return ImageClassifier(model, base.input_size, base.mean.flatten().tolist(), base.std.flatten().tolist(),
                            classes or base.classes, str(directory), base.logits_attr)
 

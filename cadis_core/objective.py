@@ -252,4 +252,7 @@ class FTCadisLoss:
             "acc_denoised": correct_f.mean().item(),
             "warm_start_rate": (~correct.any(1)).float().mean().item(),
         }
+        for k in range(logits.shape[-1]):  # per class (c0 is the dataset's first): which class the mask leaves out
+            in_class = y == k
+            metrics[f"mask_rate_c{k}"] = mask[in_class].float().mean().item() if in_class.any() else float("nan")
         return loss, metrics

@@ -32,7 +32,7 @@ from .errors import CadisError
 from .evaluation import selection_rates
 from .finetune import FinetuneConfig, finetune
 from .hallucination import class_aurocs, class_rates, detector_summary, draws_frame, score_images
-from .loading import load_classifier
+from .loading import load_adapter, load_classifier, save_classifier
 from .objective import METHODS as OBJECTIVE_METHODS
 from .presets import SEARCH_ROOTS, get_preset
 from .recipes import RECIPES, get_recipe
@@ -51,20 +51,30 @@ SIGMAS = (0.25, 0.5, 1.0)
 VARIANTS = {"ft-cadis-detached": ("ft-cadis", {"detach_target": True}),
             "ft-cadis-detached-lam1": ("ft-cadis", {"detach_target": True, "lam": 1.0}),
             "ft-cadis-balanced": ("ft-cadis", {"madv_class_balance": True})}  # ours, beyond the paper
-RUNS = (*OBJECTIVE_METHODS, *VARIANTS)
+# Ours, beyond the paper: one classifier whose weights interpolate two fine-tunes of one recipe and σ,
+# θ = (1−a)·θ_sce-only + a·θ_ft-cadis (`lora.interpolate_lora`); built, not trained. name -> (first, second, a)
+INTERPOLATIONS = {f"interp-a{round(100 * a)}": ("sce-only", "ft-cadis", a) for a in (0.25, 0.5, 0.75)}
+RUNS = (*OBJECTIVE_METHODS, *VARIANTS, *INTERPOLATIONS)
 TRAIN_SIZE = 60_000  # Fashion-MNIST training images: recipes count epochs of it
 
 
 def run_method(run: str) -> tuple[str, dict]:
     """The objective method of a run name and its FinetuneConfig overrides (a variant's and its recipe's).
 
-    A run is `<method or variant>[.<recipe>]`, e.g. `ft-cadis.authors-lora`; without a recipe it is `short`."""
+    A run is `<method or variant>[.<recipe>[.seed<k>]]`, e.g. `ft-cadis.authors-lora` or
+    `ft-cadis.authors-lora-whole.seed1` (training seed 1; 0 otherwise); without a recipe it is `short`."""
     name, _, recipe = run.partition(".")
+    recipe, _, seed = recipe.partition(".")
+    if seed and not (seed.startswith("seed") and seed[4:].isdigit()):
+        raise CadisError(f"Unknown run {run!r}: after the recipe comes .seed<k> (e.g. .seed1).")
     if name not in RUNS:
         raise CadisError(f"Unknown run {run!r}; choose from: {', '.join(RUNS)}, optionally followed by "
                          f".<recipe> ({', '.join(RECIPES)}).")
+    if name in INTERPOLATIONS:
+        return "interpolation", {}
     method, overrides = VARIANTS.get(name, (name, {}))
-    return method, {**get_recipe(recipe or "short").finetune_values(TRAIN_SIZE), **overrides}
+    return method, {**get_recipe(recipe or "short").finetune_values(TRAIN_SIZE), **overrides,
+                    "seed": int(seed[4:] or 0)}
 
 
 def finetune_config(run: str, sigma: float, steps: int | None, runs: Path, compile: bool = False) -> FinetuneConfig:
@@ -75,8 +85,9 @@ def finetune_config(run: str, sigma: float, steps: int | None, runs: Path, compi
         values["warmup"] = max(1, round(values["warmup"] * steps / values["steps"]))
         values["steps"] = steps
     values.setdefault("save_as", "adapter")
+    values.setdefault("eval_size", 500)
     return FinetuneConfig(out=str(runs / f"fashion-mnist-{run}-s{sigma:g}"), method=method, sigma=sigma,
-                          eval_every=max(1, values["steps"] // evals), eval_size=500, seed=0, compile=compile,
+                          eval_every=max(1, values["steps"] // evals), compile=compile,
                           **values)
 
 
@@ -96,10 +107,38 @@ def run_finetuning(methods=METHODS, sigmas=SIGMAS, steps: int | None = None, run
             target = Path(classifier_spec(method, sigma))
             if method == "none" or (target / "cadis_adapter.json").exists():
                 continue
+            if method.partition(".")[0] in INTERPOLATIONS:
+                build_interpolation(method, sigma)
+                continue
             model_dir = finetune(finetune_config(method, sigma, steps, runs, compile), denoiser, classifier,
                                  train, test).path
             shutil.copytree(model_dir, target, dirs_exist_ok=True)
             shutil.copy(Path(model_dir).parent / "metrics.csv", target / "metrics.csv")
+
+
+def build_interpolation(run: str, sigma: float) -> Path:
+    """The interpolated classifier of `run` (INTERPOLATIONS) at σ, from its two shipped fine-tunes, saved as an
+    adapter beside them with interpolation.json saying what it was made of."""
+    from .lora import interpolate_lora
+
+    name, _, recipe = run.partition(".")
+    first, second, a = INTERPOLATIONS[name]
+    tag = f".{recipe}" if recipe else ""
+    sources = [Path(classifier_spec(r + tag, sigma)) for r in (first, second)]
+    for source in sources:
+        if not (source / "cadis_adapter.json").is_file():
+            raise CadisError(f"{run} at σ={sigma:g} interpolates {source.name}, which is not fine-tuned yet; "
+                             f"run `results --stage finetune --methods {first + tag} {second + tag}` first.")
+    models = [load_adapter(str(s), merge=False, search_roots=SEARCH_ROOTS) for s in sources]
+    mixed = interpolate_lora(*models, a)
+    mixed.spec = get_preset("fashion-mnist").classifier  # the adapter's base is the embedded classifier
+    target = Path(classifier_spec(run, sigma))
+    save_classifier(mixed, target, project_root=ASSETS.parent)
+    (target / "interpolation.json").write_text(json.dumps(
+        {"method": "weight interpolation (ours, beyond the paper)", "a": a,
+         "formula": f"(1-a)*theta[{first + tag}] + a*theta[{second + tag}]",
+         "sources": [in_repository(str(s)) for s in sources], "sigma": sigma}, indent=2) + "\n")
+    return target
 
 
 def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0: int = 100, n: int = 1000,
@@ -123,8 +162,9 @@ def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0:
             spec = classifier_spec(method, sigma)
             classifiers.append(load_classifier(spec, search_roots=SEARCH_ROOTS))
             notes = {"run": method, "shared_draws_with": [m for m in methods if m != method]}
-            if method != "none":  # the fine-tuning configuration travels with the results
-                notes["finetune"] = json.loads((Path(spec) / "finetune.json").read_text())
+            for made_by in ("finetune", "interpolation"):  # how the classifier was made travels with the results
+                if (Path(spec) / f"{made_by}.json").is_file():
+                    notes[made_by] = json.loads((Path(spec) / f"{made_by}.json").read_text())
             config = replace(shared, classifier=spec, method=run_method(method)[0], label=f"{method} σ={sigma:g}{tag}",
                              notes=notes)
             outs.append((folder / f"{method}_s{sigma:g}.tsv", config))

@@ -17,6 +17,11 @@ def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.0) -> flo
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def cosine(step: int, total: int, start: float, end: float) -> float:
+    """A value going from `start` (step 0) to `end` (step `total`) along a half cosine (e.g. weight decay)."""
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+
+
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
     """The indices of batch `step` in a per-epoch seeded permutation (resumable data order)."""
     per_epoch = n // batch_size
