@@ -1,5 +1,5 @@
 # cadis Streamlit app as a Hugging Face Space (Docker SDK, app_port 8501), offline on CPU with the embedded
-# Fashion-MNIST default (assets/). Locally: docker build -t cadis . && docker run -p 8501:8501 cadis
+# Fashion-MNIST default (inside the package: src/cadis/assets/). Locally: docker build -t cadis . && docker run -p 8501:8501 cadis
 FROM python:3.11-slim
 
 # Spaces run the container as user 1000; its home holds the app and anything the app writes (runs/).
@@ -19,12 +19,14 @@ COPY --chown=user requirements.txt .
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1 \
     && pip install --no-cache-dir -r requirements.txt
 
-# Only what the app needs: no runs/, tests or git history in the image.
+# Only what the app needs: the library (installed), the apps and the shipped results; no runs/, tests or git history.
+COPY --chown=user pyproject.toml README.md ./
+COPY --chown=user src src
+RUN pip install --no-cache-dir --no-deps .
 COPY --chown=user app.py gradio_app.py ./
 COPY --chown=user .streamlit .streamlit
-COPY --chown=user pages pages
-COPY --chown=user cadis_core cadis_core
-COPY --chown=user assets assets
+COPY --chown=user apps apps
+COPY --chown=user experiments/results experiments/results
 RUN mkdir -p runs && chown -R user:user /home/user/app
 USER user
 

@@ -6,10 +6,10 @@ st.set_page_config(page_title="cadis: certified robustness with denoised smoothi
                    layout="wide")
 
 pages = [
-    st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
-    st.Page("pages/hallucinations.py", title="Hallucinations", icon=":material/blur_on:"),
-    st.Page("pages/finetuning.py", title="Fine-tuning", icon=":material/tune:"),
-    st.Page("pages/certification.py", title="Certification", icon=":material/verified:"),
-    st.Page("pages/models.py", title="Models", icon=":material/extension:"),
+    st.Page("apps/views/overview.py", title="Overview", icon=":material/home:", default=True),
+    st.Page("apps/views/hallucinations.py", title="Hallucinations", icon=":material/blur_on:"),
+    st.Page("apps/views/finetuning.py", title="Fine-tuning", icon=":material/tune:"),
+    st.Page("apps/views/certification.py", title="Certification", icon=":material/verified:"),
+    st.Page("apps/views/models.py", title="Models", icon=":material/extension:"),
 ]
 st.navigation(pages).run()

@@ -2,7 +2,7 @@
 
     python benchmarks/adaptive_certify.py [--preset fashion-mnist] [--sigmas 0.25 0.5] [--max 200] [--n 1000]
 
-Both runs go through `python -m cadis_core certify` into resumable TSVs under --work, so an interrupted
+Both runs go through `cadis certify` into resumable TSVs under --work, so an interrupted
 benchmark continues. Prints certified accuracy at each radius for both, the mean draws per image
 (n0 + estimation draws), their ratio, and the floor: the draws that any sound procedure needs on an
 image whose draws all agree to certify the largest radius of interest it can reach within the budget.
@@ -19,8 +19,8 @@ from scipy.stats import norm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cadis_core.analysis import DEFAULT_RADII, certified_accuracy, read_results  # noqa: E402
-from cadis_core.cli import main as cadis  # noqa: E402
+from cadis.analysis.tables import DEFAULT_RADII, certified_accuracy, read_results  # noqa: E402
+from cadis.cli import main as cadis  # noqa: E402
 
 
 def floor_draws(sigma: float, n: int, alpha: float, radii) -> int:

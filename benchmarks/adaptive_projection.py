@@ -20,14 +20,14 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cadis_core.adaptive import certify_sequential, default_tolerance  # noqa: E402
-from cadis_core.analysis import DEFAULT_RADII  # noqa: E402
-from cadis_core.smoothing import decide  # noqa: E402
+from cadis.analysis.tables import DEFAULT_RADII  # noqa: E402
+from cadis.certification.adaptive import certify_sequential, default_tolerance  # noqa: E402
+from cadis.certification.smoothing import decide  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("tsv", help="a fixed-budget result TSV (python -m cadis_core certify)")
+    p.add_argument("tsv", help="a fixed-budget result TSV (cadis certify)")
     p.add_argument("--budgets", type=int, nargs="+", default=[1000, 10000, 100000])
     p.add_argument("--repeats", type=int, default=20, help="simulated runs per image")
     p.add_argument("--n0", type=int, default=100)

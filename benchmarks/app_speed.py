@@ -1,6 +1,6 @@
 """Speed of the apps on this machine: what a visitor waits for, cold and warm, and the library calls behind it.
 
-    HF_HUB_OFFLINE=1 python benchmarks/app_speed.py                 # the embedded default (assets/models)
+    HF_HUB_OFFLINE=1 python benchmarks/app_speed.py                 # the embedded default (src/cadis/assets)
     HF_HUB_OFFLINE=1 python benchmarks/app_speed.py --models DIR    # DIR/fmnist-ddpm and DIR/fmnist-vit
     HF_HUB_OFFLINE=1 python benchmarks/app_speed.py --quick-demo    # also time the Fine-tuning page's quick demo
 
@@ -159,8 +159,8 @@ def browser_rows(repeats: int, cold: bool) -> list[tuple[str, float, float | Non
 
 def quick_demo_rows(bundle) -> list[tuple[str, float, float | None]]:
     """The Fine-tuning page's quick demo, as the page runs it (training split, the estimate made before Start)."""
-    from cadis_core.finetune import FinetuneConfig, evaluate_denoised
-    from cadis_core.ui.jobs import QUICK_DEMO, FinetuneJob, estimate_seconds, measure_speed, warmup_for
+    from apps.ui.jobs import QUICK_DEMO, FinetuneJob, estimate_seconds, measure_speed, warmup_for
+    from cadis.training.finetune import FinetuneConfig, evaluate_denoised
 
     values = {k: v for k, v in QUICK_DEMO.items() if k != "subset"}
     config = FinetuneConfig(out=tempfile.mkdtemp(prefix="cadis-quick-"), **values, subset=QUICK_DEMO["subset"],
@@ -202,8 +202,8 @@ def main() -> None:
     import torch
     from streamlit.testing.v1 import AppTest
 
-    from cadis_core.ui.certification import certify_one
-    from cadis_core.ui.models import load_bundle, model_source
+    from apps.ui.certification import certify_one
+    from apps.ui.models import load_bundle, model_source
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -222,13 +222,13 @@ def main() -> None:
     t_first, _ = timed(at.run)
     rows.append(("first page (imports + model cache)", t_first, None))
     for page in ["overview", "hallucinations", "finetuning", "certification", "models"]:
-        at.switch_page(f"pages/{page}.py")
+        at.switch_page(f"apps/views/{page}.py")
         times = [timed(at.run)[0] for _ in range(args.repeats)]
         assert not at.exception, [e.value for e in at.exception]
         rows.append((f"page render: {page}", median(times), TARGETS["page"]))
 
     # The hallucination grid, 8 images × 8 draws, one-shot: the click (denoise, classify, draw the grid and plots).
-    at.switch_page("pages/hallucinations.py").run()
+    at.switch_page("apps/views/hallucinations.py").run()
     at.text_input(key="hal_idx").set_value("0-7")
     at.slider(key="hal_draws").set_value(8)
     grid, compute = [], []
@@ -256,7 +256,7 @@ def main() -> None:
     rows.append(("certify 1 image, N0=100 + N=1000 (library call)", median(cert_times), TARGETS["certify"]))
     rows.append((f"  first progress update ({len(updates)} updates in all)", updates[0], None))
 
-    at.switch_page("pages/certification.py").run()
+    at.switch_page("apps/views/certification.py").run()
     at.text_input(key="cert_idx").set_value("0")
     at.number_input(key="cert_n0").set_value(100)
     at.number_input(key="cert_n").set_value(1000)

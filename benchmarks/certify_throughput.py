@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reference import reference_sample_noise  # noqa: E402
 
-from cadis_core.acceleration import Acceleration  # noqa: E402
-from cadis_core.classifier import ImageClassifier  # noqa: E402
-from cadis_core.denoiser import DiffusionDenoiser  # noqa: E402
-from cadis_core.presets import get_preset  # noqa: E402
-from cadis_core.smoothing import DenoisedSmoothing  # noqa: E402
-from cadis_core.zoo.architectures import count_flops  # noqa: E402
+from cadis.acceleration import Acceleration  # noqa: E402
+from cadis.certification.smoothing import DenoisedSmoothing  # noqa: E402
+from cadis.models.classifier import ImageClassifier  # noqa: E402
+from cadis.models.denoiser import DiffusionDenoiser  # noqa: E402
+from cadis.models.presets import get_preset  # noqa: E402
+from experiments.zoo.architectures import count_flops  # noqa: E402
 
 LEVERS = {
     "fp32": Acceleration(),

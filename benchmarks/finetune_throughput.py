@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cadis_core.acceleration import Acceleration  # noqa: E402
-from cadis_core.finetune import FinetuneConfig, make_optimizer, prepare_classifier  # noqa: E402
-from cadis_core.presets import get_preset  # noqa: E402
+from cadis.acceleration import Acceleration  # noqa: E402
+from cadis.models.presets import get_preset  # noqa: E402
+from cadis.training.finetune import FinetuneConfig, make_optimizer, prepare_classifier  # noqa: E402
 
 
 def reference_step(model, denoiser, x, y, optimizer, sigma=0.25, num_noises=4, eps=0.125, attack_steps=4, lam=4.0):

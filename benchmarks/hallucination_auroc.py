@@ -33,8 +33,8 @@ def main() -> None:
 
     import torch
 
-    from cadis_core.hallucination import detector_summary, draws_frame, score_images
-    from cadis_core.ui.models import load_bundle, model_source
+    from apps.ui.models import load_bundle, model_source
+    from cadis.analysis.hallucination import detector_summary, draws_frame, score_images
 
     torch.set_num_threads(args.threads)
     b = load_bundle(model_source())

@@ -1,6 +1,6 @@
 """What adaptive CERTIFY on shared draws costs, in draws denoised, against fixed N and separate adaptive runs.
 
-    python benchmarks/shared_adaptive_draws.py assets/results/n10000-adaptive
+    python benchmarks/shared_adaptive_draws.py experiments/results/n10000-adaptive
 
 Reads the benchmark's adaptive runs (`results --adaptive --n N`; the runs of each σ certified together on shared
 draws) and counts draws, not seconds, so the ratios hold on any machine. Per σ, on the images every run holds:
@@ -20,7 +20,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cadis_core.analysis import merge_results  # noqa: E402
+from cadis.analysis.tables import merge_results  # noqa: E402
 
 
 def draws_table(folder: Path) -> pd.DataFrame:
@@ -45,10 +45,10 @@ def draws_table(folder: Path) -> pd.DataFrame:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("folder", type=Path, nargs="?", default=Path("assets/results/n10000-adaptive"))
+    p.add_argument("folder", type=Path, nargs="?", default=Path("experiments/results/n10000-adaptive"))
     args = p.parse_args()
     if not any(args.folder.glob("*_s*.tsv")):
-        sys.exit(f"No result files in {args.folder}; run `python -m cadis_core results --stage certify --adaptive "
+        sys.exit(f"No result files in {args.folder}; run `python -m experiments results --stage certify --adaptive "
                  "--n 10000` first.")
     print(draws_table(args.folder).to_markdown(floatfmt=["", ".0f", ".0f", ".0f", ".0f", ".0f", ".0f", ".0f",
                                                           ".2f", ".2f"]))

@@ -3,7 +3,7 @@
     python benchmarks/shared_draws.py [--classifiers 3] [--num 1000] [--precision bf16 --compile]
 
 Separately, every CERTIFY denoises its own draws; `DenoisedSmoothing.certify_classifiers` denoises each
-draw once and classifies it K times (what `python -m cadis_core results` does for none / denoised-ce /
+draw once and classifies it K times (what `python -m experiments results` does for none / denoised-ce /
 ft-cadis). Both give the same certificates; the script checks that, then prints certificates/s and the ratio.
 """
 
@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cadis_core.acceleration import PRECISIONS, Acceleration  # noqa: E402
-from cadis_core.presets import get_preset  # noqa: E402
-from cadis_core.smoothing import DenoisedSmoothing  # noqa: E402
+from cadis.acceleration import PRECISIONS, Acceleration  # noqa: E402
+from cadis.certification.smoothing import DenoisedSmoothing  # noqa: E402
+from cadis.models.presets import get_preset  # noqa: E402
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def model_env(request) -> dict[str, str]:
     """Environment that points the apps at the test models (empty: the preset itself)."""
-    from cadis_core.errors import CadisError  # imported late: HF_HUB_OFFLINE must be set first
-    from cadis_core.presets import get_preset
+    from cadis.errors import CadisError  # imported late: HF_HUB_OFFLINE must be set first
+    from cadis.models.presets import get_preset
 
     choice = os.environ.get("CADIS_TEST_MODELS", "auto")
     if choice in ("auto", "preset"):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from test_statistics import KnownProbabilities
 
-from cadis_core.acceleration import Acceleration, default_acceleration, largest_batch
-from cadis_core.errors import CadisError
-from cadis_core.finetune import FinetuneConfig
-from cadis_core.smoothing import Smooth
+from cadis.acceleration import Acceleration, default_acceleration, largest_batch
+from cadis.certification.smoothing import Smooth
+from cadis.errors import CadisError
+from cadis.training.finetune import FinetuneConfig
 
 
 def test_unknown_precision_is_refused_with_the_choices():

@@ -9,9 +9,9 @@ from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 from test_statistics import smooth_with
 
-from cadis_core.adaptive import certify_adaptive, certify_sequential, look_levels, look_schedule
-from cadis_core.errors import CadisError
-from cadis_core.smoothing import ABSTAIN, lower_confidence_bound, upper_confidence_bound
+from cadis.certification.adaptive import certify_adaptive, certify_sequential, look_levels, look_schedule
+from cadis.certification.smoothing import ABSTAIN, lower_confidence_bound, upper_confidence_bound
+from cadis.errors import CadisError
 
 
 def multinomial_source(probs: list[float], seed: int):

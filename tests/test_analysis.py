@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cadis_core.analysis import (
+from cadis.analysis.tables import (
     certified_accuracy,
     merge_results,
     paired_comparison,
@@ -15,8 +15,8 @@ from cadis_core.analysis import (
     summarize,
     summary_table,
 )
-from cadis_core.cli import main
-from cadis_core.errors import CadisError
+from cadis.cli import main
+from cadis.errors import CadisError
 
 
 def _write(path, rows, config=None):
@@ -106,7 +106,7 @@ def test_per_class_accuracy_names_the_classes_and_counts_abstains_as_misses(tmp_
 def test_envelope_takes_the_best_sigma_per_radius_and_method():
     import pandas as pd
 
-    from cadis_core.analysis import envelope_table
+    from cadis.analysis.tables import envelope_table
 
     def run(name, sigma, radii, correct):
         df = pd.DataFrame({"idx": range(len(radii)), "label": 0, "predict": 0, "radius": radii, "correct": correct})
@@ -152,9 +152,9 @@ class _Votes:
 def _certify_votes(out, votes: int, n: int = 10_000, sigma: float = 0.5, alpha: float = 0.001, **config):
     import torch
 
-    from cadis_core.data import ImageDataset
-    from cadis_core.runner import CertifyConfig, certify_dataset
-    from cadis_core.smoothing import Smooth
+    from cadis.certification.runner import CertifyConfig, certify_dataset
+    from cadis.certification.smoothing import Smooth
+    from cadis.data import ImageDataset
 
     data = ImageDataset(torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long), ["a", "b"], "toy")
     smooth = Smooth(_Votes(10, votes), 2, sigma, batch_size=n)
@@ -165,7 +165,7 @@ def _certify_votes(out, votes: int, n: int = 10_000, sigma: float = 0.5, alpha: 
 
 def test_a_radius_just_below_a_listed_radius_is_not_counted_there(tmp_path, capsys):
     # N=10^4, σ=0.5, α=0.001, 7057 votes: R = 0.249957, which rounding to nearest wrote as 0.2500.
-    from cadis_core.smoothing import lower_confidence_bound, radius
+    from cadis.certification.smoothing import lower_confidence_bound, radius
 
     exact = radius(0.5, lower_confidence_bound(7057, 10_000, 0.001))
     assert 0.2499 < exact < 0.25
@@ -184,8 +184,8 @@ def test_a_radius_just_below_a_listed_radius_is_not_counted_there(tmp_path, caps
 
 
 def test_adaptive_rows_are_recomputed_at_their_looks_level(tmp_path):
-    from cadis_core.adaptive import AdaptiveSettings, look_levels
-    from cadis_core.smoothing import lower_confidence_bound
+    from cadis.certification.adaptive import AdaptiveSettings, look_levels
+    from cadis.certification.smoothing import lower_confidence_bound
 
     out = tmp_path / "adaptive.tsv"
     _certify_votes(out, 1000, n=1000, sigma=0.25, adaptive=AdaptiveSettings(0.025, (0.25, 0.5)))
@@ -202,7 +202,7 @@ def test_adaptive_rows_are_recomputed_at_their_looks_level(tmp_path):
 
 
 def test_analyze_alpha_recertifies_from_the_counts(tmp_path, capsys):
-    from cadis_core.smoothing import lower_confidence_bound, radius
+    from cadis.certification.smoothing import lower_confidence_bound, radius
 
     out = tmp_path / "alpha.tsv"
     _certify_votes(out, 9000, n=1000, sigma=0.25)  # every estimation draw votes class 0

@@ -1,6 +1,6 @@
-"""The Streamlit app (AppTest, every page and its main controls) and the pure helpers in cadis_core.ui.
+"""The Streamlit app (AppTest, every page and its main controls) and the pure helpers in apps.ui.
 
-Models: $CADIS_TEST_MODELS = `preset` (assets/models), `tiny` (random tiny models from conftest) or a directory
+Models: $CADIS_TEST_MODELS = `preset` (src/cadis/assets), `tiny` (random tiny models from conftest) or a directory
 holding fmnist-ddpm/ and fmnist-vit/; by default the preset when its assets exist, else the tiny models.
 """
 
@@ -21,17 +21,16 @@ import torch
 from PIL import Image
 from scipy.stats import norm
 
-from cadis_core.data import ASSETS
-from cadis_core.errors import CadisError
-from cadis_core.images import MAX_UPLOAD_BYTES, image_from_bytes
-from cadis_core.loading import load_classifier
-from cadis_core.smoothing import Certificate, lower_confidence_bound
-from cadis_core.training_curves import metric_label
-from cadis_core.ui.certification import certificate_row, certify_one
-from cadis_core.ui.hosting import HOSTED_LIMITS, check_limits
-from cadis_core.ui.models import finetuned_models, load_bundle, model_source
-from cadis_core.ui.turns import Turns
-from cadis_core.ui.uploads import check_run_parameters, pick_indices
+from apps.ui.certification import certificate_row, certify_one
+from apps.ui.hosting import HOSTED_LIMITS, SHIPPED_RESULTS, check_limits
+from apps.ui.models import finetuned_models, load_bundle, model_source
+from apps.ui.turns import Turns
+from apps.ui.uploads import check_run_parameters, pick_indices
+from cadis.analysis.training_curves import metric_label
+from cadis.certification.smoothing import Certificate, lower_confidence_bound
+from cadis.errors import CadisError
+from cadis.images import MAX_UPLOAD_BYTES, image_from_bytes
+from cadis.models.loading import load_classifier
 
 from conftest import model_env
 
@@ -69,7 +68,7 @@ def app_at(page: str | None = None):
     at = AppTest.from_file(APP, default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
     if page:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"apps/views/{page}.py").run()
     return at
 
 
@@ -95,7 +94,7 @@ def test_page_renders(page):
     if page == "overview":
         assert len(at.image) == 3 and at.metric[0].label == "Prediction"
         assert "fashion-mnist" in at.dataframe[0].value.to_string()
-    if page == "certification" and (ASSETS / "results" / "verdict.csv").is_file():  # the shipped verdict, last
+    if page == "certification" and (SHIPPED_RESULTS / "verdict.csv").is_file():  # the shipped verdict, last
         assert at.header[-1].value == "Does FT-CADIS hold up? The embedded benchmark"
         assert "target" in at.dataframe[-1].value.columns and "N = 1000" in at.caption[-1].value
     if page == "models":
@@ -329,7 +328,7 @@ def test_finetuning_live_run_then_compare(bundle):
     compare = next(c for c in at.get("plotly_chart") if c.proto.id.endswith("ft_compare"))
     assert f'"name":"{name}"' in compare.proto.spec.replace(" ", "")
 
-    at.switch_page("pages/hallucinations.py").run()
+    at.switch_page("apps/views/hallucinations.py").run()
     assert at.selectbox(key="hal_tuned").value == name  # the newest run is preselected
     at.text_input(key="hal_idx").set_value("0, 1")
     at.slider(key="hal_draws").set_value(3)
@@ -340,11 +339,11 @@ def test_finetuning_live_run_then_compare(bundle):
     assert len(at.get("plotly_chart")) == 3 and len(at.metric) == 2
 
     # "Certify this model": the Certification page opens with it chosen, at the σ it was trained at
-    at.switch_page("pages/finetuning.py").run()
+    at.switch_page("apps/views/finetuning.py").run()
     at.button(key="ft_certify").click().run()  # st.switch_page: this run shows the Certification page
     assert_clean(at)
     assert at.selectbox(key="cert_classifier").value == name and at.number_input(key="cert_sigma").value == 0.5
-    at.switch_page("pages/certification.py")  # AppTest's own page follows (a browser's URL does by itself)
+    at.switch_page("apps/views/certification.py")  # AppTest's own page follows (a browser's URL does by itself)
     at.text_input(key="cert_idx").set_value("0, 1")
     at.number_input(key="cert_n0").set_value(10)
     at.number_input(key="cert_n").set_value(40)
@@ -401,22 +400,22 @@ def test_hosted_a_second_visitor_cannot_see_or_stop_the_first_visitors_run(monke
     first.button(key="ft_start").click().run()
     run_until(first, lambda at: at.success)
     name = first.success[0].value.split("“")[1].split("”")[0]
-    first.switch_page("pages/hallucinations.py").run()
+    first.switch_page("apps/views/hallucinations.py").run()
     assert first.selectbox(key="hal_tuned").value == name  # the visitor's own newest run
-    second.switch_page("pages/hallucinations.py").run()
+    second.switch_page("apps/views/hallucinations.py").run()
     assert name not in second.selectbox(key="hal_tuned").options
     assert "ft-cadis-detached-s0.25" in second.selectbox(key="hal_tuned").options  # the shipped ones stay
-    second.switch_page("pages/certification.py").run()
+    second.switch_page("apps/views/certification.py").run()
     assert name not in second.selectbox(key="cert_classifier").options
-    second.switch_page("pages/models.py").run()
+    second.switch_page("apps/views/models.py").run()
     assert name not in set(second.dataframe[1].value["name"])
     # The shipped recipe is longer than the demo allows: its settings are capped, not refused
-    second.switch_page("pages/finetuning.py").run()
+    second.switch_page("apps/views/finetuning.py").run()
     second.radio(key="ft_setting").set_value("shipped runs' recipe").run()
     assert_clean(second)
     assert (second.number_input(key="ft_steps").value, second.number_input(key="ft_subset").value) == (300, 2000)
     # N and the number of images are capped
-    second.switch_page("pages/certification.py").run()
+    second.switch_page("apps/views/certification.py").run()
     second.text_input(key="cert_idx").set_value("0-20").run()
     assert any("pick at most 8 in this shared demo" in e.value for e in second.error)
 
@@ -503,7 +502,7 @@ def test_models_page_rejects_a_missing_directory_and_keeps_the_models():
     assert not at.exception
     assert any("/nonexistent/ddpm does not exist" in e.value for e in at.error)
     assert "model_choice" not in at.session_state
-    at.switch_page("pages/overview.py").run()
+    at.switch_page("apps/views/overview.py").run()
     assert_clean(at)
 
 
@@ -516,7 +515,7 @@ def test_missing_models_give_an_error_on_every_page(monkeypatch):
             assert any("/nonexistent/fmnist-ddpm does not exist" in e.value for e in at.error), page
 
 
-# ---------------------------------------------------------------- cadis_core.ui
+# ---------------------------------------------------------------- apps.ui
 
 
 @pytest.mark.parametrize("mode, shape", [("L", (50, 70)), ("RGB", (600, 400, 3)), ("RGBA", (28, 28, 4)),
@@ -559,7 +558,7 @@ def test_float_and_16_bit_uploads_are_rescaled():
 
 
 def test_ui_support_imports_no_ui_library():
-    code = ("import sys, cadis_core.ui.certification, cadis_core.ui.jobs, cadis_core.ui.pictures; "
+    code = ("import sys, apps.ui.certification, apps.ui.jobs, apps.ui.pictures; "
             "print(sorted({'streamlit', 'gradio'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -654,8 +653,8 @@ def test_turns_are_first_come_first_served_and_tell_the_place_in_line():
 
 
 def _job(owner: str, steps: int = 1):
-    from cadis_core.finetune import FinetuneConfig
-    from cadis_core.ui.jobs import FinetuneJob
+    from apps.ui.jobs import FinetuneJob
+    from cadis.training.finetune import FinetuneConfig
 
     job = FinetuneJob(FinetuneConfig(steps=steps, batch_size=1), None, None, None, owner=owner, estimate_s=10.0)
     job.start = lambda: setattr(job, "status", "running") or job  # no thread: the queue's bookkeeping alone
@@ -663,7 +662,7 @@ def _job(owner: str, steps: int = 1):
 
 
 def test_the_job_queue_runs_one_job_and_numbers_the_waiters():
-    from cadis_core.ui.jobs import JobQueue
+    from apps.ui.jobs import JobQueue
 
     queue = JobQueue()
     a, b, c = (queue.submit(_job(o)) for o in "abc")
@@ -677,8 +676,8 @@ def test_the_job_queue_runs_one_job_and_numbers_the_waiters():
 
 
 def test_run_time_estimates_and_warmup():
-    from cadis_core.finetune import FinetuneConfig
-    from cadis_core.ui.jobs import QUICK_DEMO, Speed, duration, estimate_seconds, warmup_for
+    from apps.ui.jobs import QUICK_DEMO, Speed, duration, estimate_seconds, warmup_for
+    from cadis.training.finetune import FinetuneConfig
 
     speed = Speed(denoise_s=0.01, classify_s=0.002)
     ce = FinetuneConfig(method="denoised-ce", steps=100, batch_size=16, num_draws=2, eval_every=0, eval_size=0)
@@ -703,7 +702,7 @@ def test_hosting_caps(monkeypatch):
 
 
 def test_one_colour_per_classifier_or_method():
-    from cadis_core.ui.style import METHOD_COLOURS, VERDICT_COLOURS, colour_of, method_of
+    from apps.ui.style import METHOD_COLOURS, VERDICT_COLOURS, colour_of, method_of
 
     assert colour_of("none σ=0.25") == colour_of("off-the-shelf") == colour_of("this session: off-the-shelf, σ=0.5")
     assert method_of("fine-tuned: fashion-mnist-ft-cadis-s0.5-20250101-120000") == "ft-cadis"
@@ -721,7 +720,7 @@ def _run(config: dict, idx=(0, 1)) -> pd.DataFrame:
 
 
 def test_session_runs_name_what_produced_them_and_meet_their_baseline():
-    from cadis_core.ui.certification import default_pair, default_runs, session_results, shared_draws
+    from apps.ui.certification import default_pair, default_runs, session_results, shared_draws
 
     cert = Certificate(1, 0.3, 90, 100, 0.9)
     rows = [certificate_row(f"#{i}", 1, cert, np.array([0, 90, 10]), ["a", "b", "c"], 0.5, classifier=clf, n0=10,
@@ -748,8 +747,8 @@ def test_session_runs_name_what_produced_them_and_meet_their_baseline():
 
 def test_a_job_measures_its_starting_point(bundle):
     # The live test-accuracy curve starts at the off-the-shelf classifier, on the run's own images and noise.
-    from cadis_core.finetune import FinetuneConfig, evaluate_denoised
-    from cadis_core.ui.jobs import FinetuneJob
+    from apps.ui.jobs import FinetuneJob
+    from cadis.training.finetune import FinetuneConfig, evaluate_denoised
 
     config = FinetuneConfig(steps=1, batch_size=4, sigma=0.5, eval_size=16, eval_every=1, seed=3)
     job = FinetuneJob(config, bundle.denoiser, bundle.classifier, bundle.dataset, bundle.dataset)
@@ -762,7 +761,7 @@ def test_hosted_visitors_folders_are_pruned_a_day_after_their_last_change(monkey
     import os
     import time
 
-    from cadis_core.ui.hosting import VISITOR_TTL_S, new_visitor, prune_visitors
+    from apps.ui.hosting import VISITOR_TTL_S, new_visitor, prune_visitors
 
     monkeypatch.setenv("CADIS_RUNS_DIR", str(tmp_path))
     visitors = tmp_path / "visitors"

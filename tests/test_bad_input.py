@@ -2,14 +2,14 @@
 what went wrong, no traceback, and nothing created or changed on disk (an earlier results file stays byte for
 byte as it was).
 
-`CASES` is the table. Each `Case` gives the arguments after `python -m cadis_core`, with placeholders
+`CASES` is the table. Each `Case` gives the arguments after `cadis`, with placeholders
 {den} and {clf} (a tiny denoiser and classifier), {tmp} (a fresh folder per case) and {res} (a finished
 results file in {tmp}, `res.tsv` with its sidecar `res.json`), a part of the expected message, and an
 optional `setup(tmp)` that prepares {tmp} (it may return an open file to keep until the case is over).
 Append cases to the table to cover more inputs.
 
-The cases run in this process (`cadis_core.cli.main`, stderr captured at the file-descriptor level, so
-library logging is seen too); CADIS_BAD_INPUT_SUBPROCESS=1 runs each as `python -m cadis_core` instead.
+The cases run in this process (`cadis.cli.main`, stderr captured at the file-descriptor level, so
+library logging is seen too); CADIS_BAD_INPUT_SUBPROCESS=1 runs each as `cadis` instead.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cadis_core.cli import main
+from cadis.cli import main
+from experiments.cli import COMMANDS as PIPELINE_COMMANDS
+from experiments.cli import main as pipeline_main
 
 from conftest import ROOT
 
@@ -236,15 +238,17 @@ def _snapshot(folder: Path) -> dict[str, bytes | None]:
 
 
 def _run(argv: list[str], capfd) -> tuple[int, str]:
-    """Exit status and stderr of `python -m cadis_core ARGV`; an exception escaping main() is a traceback."""
+    """Exit status and stderr of `cadis ARGV` (`python -m experiments ARGV` for the pipeline's commands); an
+    exception escaping main() is a traceback."""
+    pipeline = argv[0] in PIPELINE_COMMANDS
     if os.environ.get("CADIS_BAD_INPUT_SUBPROCESS") == "1":
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-        r = subprocess.run([sys.executable, "-m", "cadis_core", *argv], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=600)
+        r = subprocess.run([sys.executable, "-m", "experiments" if pipeline else "cadis", *argv], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
         return r.returncode, r.stderr
     capfd.readouterr()
     try:
-        code = main(argv)
+        code = (pipeline_main if pipeline else main)(argv)
     except BaseException:  # noqa: BLE001  what escapes main() is what a user would see as a traceback
         code = 1
         sys.stderr.write(traceback.format_exc())

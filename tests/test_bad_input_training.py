@@ -1,4 +1,4 @@
-"""Bad input to fine-tuning, model loading and data, through the real command line (`python -m cadis_core`).
+"""Bad input to fine-tuning, model loading and data, through the real command line (`cadis`).
 
 Each row is one bad input: the command must exit non-zero with a one-line `error: ...` on stderr, no traceback,
 and must not have written its output (the finetune --out directory, the certify --out file). The rows run
@@ -208,7 +208,7 @@ def _run(case: Case, index: int, tmp: Path) -> Outcome:
     suffix = "tsv" if case.argv[0] == "certify" else "d"
     out = tmp / f"out{index}.{suffix}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "cadis_core", *(_fill(a, tmp, out) for a in case.argv)],
+    proc = subprocess.run([sys.executable, "-m", "cadis", *(_fill(a, tmp, out) for a in case.argv)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     return Outcome(proc.returncode, proc.stderr, out.exists())
 
@@ -268,7 +268,7 @@ def test_a_folder_of_rgb_images_of_mixed_sizes_fine_tunes_and_config_json_says_h
     save_file(tensors, classifier / "model.safetensors", metadata={"format": "pt"})
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "cadis_core", "finetune", "--denoiser", str(DDPM), "--classifier",
+    proc = subprocess.run([sys.executable, "-m", "cadis", "finetune", "--denoiser", str(DDPM), "--classifier",
                            f"local-dir:{classifier}", "--dataset", str(tmp_path / "imgs"), "--method", "sce-only",
                            "--steps", "2", "--batch-size", "4", "--eval-size", "4", "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

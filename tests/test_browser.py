@@ -116,7 +116,7 @@ def sidebar_titles(page) -> list[str]:
 
 
 def test_a_deep_link_as_first_request_still_uses_the_app_navigation(page, server):
-    # Runs first (file order) on a fresh server: Streamlit would otherwise list pages/*.py without app.py.
+    # Runs first (file order) on a fresh server: the first request is a deep link, and app.py's navigation holds.
     visit(page, server, "models", "Presets")
     page.wait_for_timeout(500)
     assert sidebar_titles(page) == ["Overview", "Hallucinations", "Fine-tuning", "Certification", "Models"]

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cadis_core.errors import CadisError
-from cadis_core.loading import load_classifier
+from cadis.errors import CadisError
+from cadis.models.loading import load_classifier
 
 from conftest import make_tiny_vit
 

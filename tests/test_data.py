@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cadis_core import data
-from cadis_core.errors import CadisError
+from cadis import data
+from cadis.errors import CadisError
 
 
 def _write_idx(path, array, gz=True):
@@ -161,7 +161,7 @@ def test_certify_brings_a_folder_of_rgb_images_to_the_denoiser_and_the_sidecar_s
                                                                                       tiny_classifier_dir, tmp_path):
     import json
 
-    from cadis_core.cli import main
+    from cadis.cli import main
 
     rng = np.random.default_rng(0)
     root = _folder(tmp_path / "imgs", {"cat": [rng.integers(0, 255, (32, 32, 3), np.uint8)],

@@ -9,8 +9,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from cadis_core.denoiser import DiffusionDenoiser, timestep_for_sigma
-from cadis_core.errors import CadisError
+from cadis.errors import CadisError
+from cadis.models.denoiser import DiffusionDenoiser, timestep_for_sigma
 
 from conftest import make_tiny_unet
 
@@ -121,8 +121,8 @@ def test_missing_denoiser_directory_is_a_clear_error(tmp_path):
 
 
 def test_multistep_smoothing_draws_the_denoisers_noise_from_the_images_stream(tiny_denoiser_dir):
-    from cadis_core.classifier import ImageClassifier
-    from cadis_core.smoothing import DenoisedSmoothing
+    from cadis.certification.smoothing import DenoisedSmoothing
+    from cadis.models.classifier import ImageClassifier
 
     from conftest import make_tiny_vit
 

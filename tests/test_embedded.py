@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from cadis_core.evaluation import clean_accuracy, denoising_metrics
-from cadis_core.presets import MODELS, get_preset
+from cadis.analysis.evaluation import clean_accuracy, denoising_metrics
+from cadis.models.presets import MODELS, get_preset
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cadis_core.data import ImageDataset
-from cadis_core.denoiser import DiffusionDenoiser
-from cadis_core.evaluation import selection_rates
+from cadis.analysis.evaluation import selection_rates
+from cadis.data import ImageDataset
+from cadis.models.denoiser import DiffusionDenoiser
 
 
 class _Constant(torch.nn.Module):

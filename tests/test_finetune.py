@@ -15,17 +15,17 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from cadis_core.checkpoint import weights_digest
-from cadis_core.cli.finetune import add_parser as add_cli
-from cadis_core.cli.finetune import run as run_cli
-from cadis_core.data import ImageDataset, load_dataset
-from cadis_core.denoiser import DiffusionDenoiser
-from cadis_core.distributed import wrap_distributed
-from cadis_core.errors import CadisError
-from cadis_core.finetune import FinetuneConfig, batch_loss, finetune, prepare_classifier
-from cadis_core.loading import load_classifier, save_classifier
-from cadis_core.lora import apply_lora, trainable_parameters
-from cadis_core.objective import FTCadisLoss, correct_draws, denoise_draws, draw_noise
+from cadis.cli.finetune import add_parser as add_cli
+from cadis.cli.finetune import run as run_cli
+from cadis.data import ImageDataset, load_dataset
+from cadis.distributed import wrap_distributed
+from cadis.errors import CadisError
+from cadis.models.denoiser import DiffusionDenoiser
+from cadis.models.loading import load_classifier, save_classifier
+from cadis.models.lora import apply_lora, trainable_parameters
+from cadis.training.checkpoint import weights_digest
+from cadis.training.finetune import FinetuneConfig, batch_loss, finetune, prepare_classifier
+from cadis.training.objective import FTCadisLoss, correct_draws, denoise_draws, draw_noise
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -55,8 +55,8 @@ def test_lora_trainable_fraction(tiny_classifier_dir):
 
 
 def test_lora_fraction_on_the_embedded_vit():
-    from cadis_core.classifier import ImageClassifier
-    from cadis_core.zoo.architectures import fmnist_vit
+    from cadis.models.classifier import ImageClassifier
+    from experiments.zoo.architectures import fmnist_vit
 
     clf = ImageClassifier(fmnist_vit(10), (1, 28, 28), (0.286,), (0.353,)).requires_grad_(False)
     base_total = sum(p.numel() for p in clf.parameters())
@@ -196,7 +196,7 @@ def test_config_mismatch_is_refused(uninterrupted, models, data):
 def test_a_run_saved_before_a_setting_existed_resumes_while_it_stays_at_its_default(tmp_path):
     from dataclasses import asdict
 
-    from cadis_core.run_dir import check_out_dir
+    from cadis.training.run_dir import check_out_dir
 
     now = asdict(config(tmp_path))
     older = {k: v for k, v in now.items() if k != "madv_class_balance"}  # written by a version without it
@@ -212,14 +212,14 @@ def test_a_run_saved_before_a_setting_existed_resumes_while_it_stays_at_its_defa
 def test_a_run_resumes_from_another_checkout_of_the_same_weights(tmp_path):
     from dataclasses import asdict
 
-    from cadis_core.run_dir import check_out_dir
+    from cadis.training.run_dir import check_out_dir
 
     now = asdict(config(tmp_path))
-    spec = "local-dir:/elsewhere/assets/models/fmnist-vit"
+    spec = "local-dir:/elsewhere/src/cadis/assets/fmnist-vit"
     (tmp_path / "config.json").write_text(json.dumps({"config": now, "classifier": spec, "base_weights": "w"}))
-    here = {"config": now, "classifier": "local-dir:/work/main/assets/models/fmnist-vit", "base_weights": "w"}
+    here = {"config": now, "classifier": "local-dir:/work/main/src/cadis/assets/fmnist-vit", "base_weights": "w"}
     check_out_dir(tmp_path, here, None)  # same weights, same model name: another checkout of the same run
-    for other in ({**here, "base_weights": "v"}, {**here, "classifier": "local-dir:/work/main/assets/models/vit2"}):
+    for other in ({**here, "base_weights": "v"}, {**here, "classifier": "local-dir:/work/main/src/cadis/assets/vit2"}):
         with pytest.raises(CadisError):
             check_out_dir(tmp_path, other, None)
 
@@ -408,7 +408,7 @@ class _NaNGradient(torch.autograd.Function):
 @pytest.mark.parametrize("what", ["loss", "gradient norm"])
 def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(what, models, data, tmp_path,
                                                                             monkeypatch):
-    import cadis_core.finetune as ft
+    import cadis.training.finetune as ft
 
     calls = {"n": 0}
     real = ft.batch_loss
@@ -436,7 +436,7 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_last_good_checkpoint(what
 
 
 def test_weights_made_non_finite_by_the_update_are_never_saved(models, data, tmp_path, monkeypatch):
-    import cadis_core.finetune as ft
+    import cadis.training.finetune as ft
 
     real = ft.make_optimizer
 
@@ -561,7 +561,7 @@ def test_a_corrupt_checkpoint_advises_fresh_which_starts_over(uninterrupted, mod
 
 
 def test_kill_9_at_random_moments_loses_no_step_and_ends_identical(tiny_denoiser_dir, tiny_classifier_dir, tmp_path):
-    """`python -m cadis_core finetune` checkpointing every step, SIGKILLed three times at random moments (so
+    """`cadis finetune` checkpointing every step, SIGKILLed three times at random moments (so
     also inside checkpoint, config and metrics writes): each resume starts at the last checkpoint on disk, and
     the final adapter and metrics equal those of an uninterrupted run."""
     import random
@@ -570,7 +570,7 @@ def test_kill_9_at_random_moments_loses_no_step_and_ends_identical(tiny_denoiser
     import sys
     import time
 
-    from cadis_core.cli import main
+    from cadis.cli import main
 
     from conftest import ROOT
 
@@ -579,7 +579,7 @@ def test_kill_9_at_random_moments_loses_no_step_and_ends_identical(tiny_denoiser
             "--eval-every", "10", "--checkpoint-minutes", "0", "--seed", "5", "--threads", "1"]
     assert main([*args, "--out", str(tmp_path / "reference")]) == 0
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "cadis_core", *args, "--out", str(out)]
+    cmd = [sys.executable, "-m", "cadis", *args, "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
     def checkpoint_step() -> int:

@@ -46,8 +46,8 @@ def client(request, tmp_path_factory):
     torch.set_num_threads(int(os.environ.get("CADIS_TEST_THREADS", "1")))
     sys.path.insert(0, str(ROOT))
     # A fresh module (reloaded if imported before): its models, test set and cache folder are the ones set above.
-    loaded = sys.modules.get("gradio_app")
-    gradio_app = importlib.reload(loaded) if loaded else importlib.import_module("gradio_app")
+    loaded = sys.modules.get("apps.gradio_demo")
+    gradio_app = importlib.reload(loaded) if loaded else importlib.import_module("apps.gradio_demo")
     gradio_app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
     try:
         yield Client(gradio_app.demo.local_url, verbose=False), gradio_app
@@ -140,7 +140,7 @@ def test_certify_a_test_image_names_what_produced_it(client):
 @pytest.mark.parametrize("count_a, capped", [(1000, True), (990, False)])
 def test_the_cap_sentence_appears_exactly_when_every_draw_agrees(client, count_a, capped):
     _, app = client
-    from cadis_core.smoothing import decide
+    from cadis.certification.smoothing import decide
 
     counts = np.array([count_a, 1000 - count_a, 0])
     cert = decide(counts, counts, 0.001, 0.25)
@@ -450,4 +450,4 @@ def test_a_browser_shows_the_defaults_and_the_examples(client):
 
 def test_importing_the_demo_writes_no_stub_file(client):
     """Subclassing a Gradio component makes Gradio write `<module>.pyi` beside it; the demo does not."""
-    assert not (ROOT / "gradio_app.pyi").exists()
+    assert not (ROOT / "apps" / "gradio_demo.pyi").exists() and not (ROOT / "gradio_app.pyi").exists()

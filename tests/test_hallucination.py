@@ -6,11 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cadis_core.classifier import ImageClassifier
-from cadis_core.data import load_dataset
-from cadis_core.denoiser import DiffusionDenoiser
-from cadis_core.errors import CadisError
-from cadis_core.hallucination import (
+from cadis.analysis.hallucination import (
     auroc,
     class_aurocs,
     detector_summary,
@@ -19,7 +15,11 @@ from cadis_core.hallucination import (
     score_draws,
     score_images,
 )
-from cadis_core.smoothing import DenoisedSmoothing
+from cadis.certification.smoothing import DenoisedSmoothing
+from cadis.data import load_dataset
+from cadis.errors import CadisError
+from cadis.models.classifier import ImageClassifier
+from cadis.models.denoiser import DiffusionDenoiser
 
 
 def test_classifiers_are_scored_on_the_same_draws(tiny_denoiser_dir):

@@ -1,4 +1,4 @@
-"""cadis_core.images: uploads opened only in the intended formats, within the limits, with finite pixels."""
+"""cadis.images: uploads opened only in the intended formats, within the limits, with finite pixels."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import EpsImagePlugin, Image
 
-from cadis_core import images
-from cadis_core.errors import CadisError
+from cadis import images
+from cadis.errors import CadisError
 
 SHAPE = (1, 28, 28)
 # A minimal EPS: PIL identifies it as EPS from its content, and would run Ghostscript to draw it.

@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cadis_core.denoiser import DiffusionDenoiser
-from cadis_core.errors import CadisError
-from cadis_core.loading import check_finite, load_classifier, save_classifier
-from cadis_core.lora import apply_lora
+from cadis.errors import CadisError
+from cadis.models.denoiser import DiffusionDenoiser
+from cadis.models.loading import check_finite, load_classifier, save_classifier
+from cadis.models.lora import apply_lora
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from cadis_core.errors import CadisError
-from cadis_core.objective import (
+from cadis.errors import CadisError
+from cadis.training.objective import (
     FTCadisLoss,
     class_balance_weights,
     consistency_kl,

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from cadis_core.errors import CadisError
-from cadis_core.presets import PRESETS, get_preset, resolve_models
+from cadis.errors import CadisError
+from cadis.models.presets import PRESETS, get_preset, resolve_models
 
 
 def test_online_preset_fails_fast_offline(monkeypatch, tmp_path):

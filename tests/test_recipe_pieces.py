@@ -8,15 +8,15 @@ import math
 import pytest
 import torch
 
-from cadis_core.augmentation import random_crop_flip
-from cadis_core.classifier import ImageClassifier
-from cadis_core.errors import CadisError
-from cadis_core.finetune import clip_gradients, make_optimizer, prepare_classifier, set_weight_decay
-from cadis_core.finetune_config import FinetuneConfig
-from cadis_core.loading import load_adapter, load_classifier, save_classifier
-from cadis_core.lora import SplitQKV, interpolate_lora, merged_classifier
-from cadis_core.recipes import get_recipe
-from cadis_core.schedules import cosine
+from cadis.errors import CadisError
+from cadis.models.classifier import ImageClassifier
+from cadis.models.loading import load_adapter, load_classifier, save_classifier
+from cadis.models.lora import SplitQKV, interpolate_lora, merged_classifier
+from cadis.training.augmentation import random_crop_flip
+from cadis.training.finetune import clip_gradients, make_optimizer, prepare_classifier, set_weight_decay
+from cadis.training.finetune_config import FinetuneConfig
+from cadis.training.recipes import get_recipe
+from cadis.training.schedules import cosine
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +142,9 @@ def test_the_whole_recipe_sets_every_piece():
 
 
 def test_a_run_with_every_piece_trains_resumes_identically_and_loads(tiny_denoiser_dir, base, tmp_path):
-    from cadis_core.data import ImageDataset, load_dataset
-    from cadis_core.denoiser import DiffusionDenoiser
-    from cadis_core.finetune import finetune
+    from cadis.data import ImageDataset, load_dataset
+    from cadis.models.denoiser import DiffusionDenoiser
+    from cadis.training.finetune import finetune
 
     test = load_dataset("fashion-mnist", "test")
     train = ImageDataset(test.images[:32], test.labels[:32], test.classes)

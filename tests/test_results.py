@@ -7,16 +7,17 @@ import json
 import pandas as pd
 import pytest
 
-from cadis_core import results
-from cadis_core.adaptive import AdaptiveSettings
-from cadis_core.comparisons import comparisons
-from cadis_core.errors import CadisError
+from cadis.certification.adaptive import AdaptiveSettings
+from cadis.errors import CadisError
+from experiments import results
+from experiments.comparisons import comparisons
 
 
 def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(results, "FINETUNED", tmp_path / "finetuned")
     monkeypatch.setattr(results, "README", tmp_path / "README.md")  # never the repository's own
+    monkeypatch.setattr(results, "RESULTS_DOC", tmp_path / "results.md")
     methods, sigmas = ("none", "ft-cadis"), (0.25,)
     results.run_finetuning(methods, sigmas, steps=2, runs=tmp_path / "runs")
     adapter = tmp_path / "finetuned" / "ft-cadis-s0.25"
@@ -35,7 +36,7 @@ def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert "AUROC of low confidence per class" in results.hallucination_markdown()
     assert (tmp_path / "results" / "hallucination.html").exists()
     produced_by = json.loads((tmp_path / "results" / "hallucination.json").read_text())
-    assert produced_by["denoiser"] == "assets/models/fmnist-ddpm"  # the same on every checkout
+    assert produced_by["denoiser"] == "src/cadis/assets/fmnist-ddpm"  # the same on every checkout
     # An adaptive run beyond N=1000 lands beside the main results, on the same images and shared draws.
     adaptive = AdaptiveSettings(0.025, results.RADII, first_look=25)
     results.run_certification(methods, sigmas, max_images=3, n0=10, n=200, batch_size=60, adaptive=adaptive)
@@ -62,14 +63,15 @@ def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert len(pd.read_csv(tmp_path / "results" / "summary.csv")) == 2
 
 
-def test_the_readme_block_between_the_markers_is_replaced(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{results.README_START}\nold table\n{results.README_END}\noutro\n")
-    assert results.update_readme_block(readme, "| new | table |")
-    assert readme.read_text() == f"intro\n{results.README_START}\n| new | table |\n{results.README_END}\noutro\n"
+def test_the_block_between_the_markers_is_replaced(tmp_path):
+    doc = tmp_path / "results.md"
+    start, end = results.RESULTS_MARKERS
+    doc.write_text(f"intro\n{start}\nold table\n{end}\noutro\n")
+    assert results.update_block(doc, "| new | table |")
+    assert doc.read_text() == f"intro\n{start}\n| new | table |\n{end}\noutro\n"
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
-    assert not results.update_readme_block(plain, "x") and plain.read_text() == "no markers\n"
+    assert not results.update_block(plain, "x") and plain.read_text() == "no markers\n"
 
 
 def test_a_named_variant_changes_one_hyperparameter_of_its_method(tmp_path):
@@ -165,7 +167,7 @@ def test_the_verdict_checks_the_papers_ordering_and_the_target_per_sigma():
 
 
 def test_the_report_writes_the_verdict_with_what_produced_it(tmp_path, monkeypatch):
-    from cadis_core.ui.certification import shipped_verdict
+    from apps.ui.certification import shipped_verdict
 
     assert shipped_verdict(tmp_path) is None  # never written: the page shows nothing
     none = [0.6] * 60 + [0.1] * 10 + [-1] * 30
@@ -173,12 +175,13 @@ def test_the_report_writes_the_verdict_with_what_produced_it(tmp_path, monkeypat
             "f": _run("ft-cadis.authors-lora", 0.5, [0.6] * 80 + [-1] * 20)}
     for df in runs.values():
         df.attrs["config"] |= {"n0": 100, "n": 1000, "alpha": 0.001, "seed": 0,
-                               "classifier": f"local-dir:{results.ASSETS.parent}/assets/models/x"}
+                               "classifier": f"local-dir:{results.REPOSITORY}/src/cadis/assets/x"}
     del runs["n"].attrs["config"]["run"]  # an older sidecar names only its method
     runs["n"].attrs["config"]["method"] = "none"
     monkeypatch.setattr(results, "RESULTS", tmp_path)
     monkeypatch.setattr(results, "merge_results", lambda files: runs)
     monkeypatch.setattr(results, "README", tmp_path / "README.md")
+    monkeypatch.setattr(results, "RESULTS_DOC", tmp_path / "results.md")
     (tmp_path / "none_s0.5.tsv").touch()  # the report runs once a result file exists
     results.write_report()
     table, caption = shipped_verdict(tmp_path)
@@ -187,4 +190,4 @@ def test_the_report_writes_the_verdict_with_what_produced_it(tmp_path, monkeypat
     import json
 
     side = json.loads((tmp_path / "verdict.json").read_text())
-    assert side["runs"][0]["classifier"] == "local-dir:assets/models/x"  # the same path on every checkout
+    assert side["runs"][0]["classifier"] == "local-dir:src/cadis/assets/x"  # the same path on every checkout

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cadis_core.adaptive import RULE
-from cadis_core.cli import main
+from cadis.certification.adaptive import RULE
+from cadis.cli import main
 
 from conftest import ROOT
 
@@ -43,7 +43,7 @@ def test_certify_writes_cohen_columns_and_sidecar(tiny_denoiser_dir, tiny_classi
 def test_kill_and_resume_gives_each_index_once_and_keeps_earlier_rows(tiny_denoiser_dir, tiny_classifier_dir,
                                                                        tmp_path):
     out = tmp_path / "resume.tsv"
-    cmd = [sys.executable, "-m", "cadis_core", *_args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "30")]
+    cmd = [sys.executable, "-m", "cadis", *_args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "30")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -101,7 +101,7 @@ def test_missing_inputs_give_one_line_errors_without_traceback(tiny_denoiser_dir
          "CIFAR-10 not found"),
     ]
     for argv, message in cases:
-        r = subprocess.run([sys.executable, "-m", "cadis_core", *argv], cwd=ROOT, env=env, capture_output=True,
+        r = subprocess.run([sys.executable, "-m", "cadis", *argv], cwd=ROOT, env=env, capture_output=True,
                            text=True)
         assert r.returncode != 0
         assert message in r.stderr and "Traceback" not in r.stderr
@@ -115,7 +115,7 @@ def test_torchrun_two_processes_shard_and_merge(tiny_denoiser_dir, tiny_classifi
     from conftest import free_port
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-           "-m", "cadis_core", "--", *_args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "7")]
+           "-m", "cadis", "--", *_args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "7")]
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
     assert _rows(tmp_path / "dist.shard0of2.tsv")["idx"].tolist() == [0, 2, 4, 6]
     assert _rows(tmp_path / "dist.shard1of2.tsv")["idx"].tolist() == [1, 3, 5]
@@ -160,9 +160,9 @@ def _shared_equals_alone(denoiser, classifiers, config, batch_size, tmp_path):
     the shared run's outputs and rows."""
     from dataclasses import replace
 
-    from cadis_core.data import load_dataset
-    from cadis_core.runner import certify_classifiers, certify_dataset
-    from cadis_core.smoothing import DenoisedSmoothing
+    from cadis.certification.runner import certify_classifiers, certify_dataset
+    from cadis.certification.smoothing import DenoisedSmoothing
+    from cadis.data import load_dataset
 
     test = load_dataset("fashion-mnist", "test")
     smooth = DenoisedSmoothing(denoiser, classifiers[0], config.sigma, batch_size=batch_size)
@@ -180,11 +180,11 @@ def test_shared_draw_certification_equals_separate_runs_and_resumes_per_file(tin
 
     import torch
 
-    from cadis_core.classifier import ImageClassifier
-    from cadis_core.data import load_dataset
-    from cadis_core.denoiser import DiffusionDenoiser
-    from cadis_core.runner import CertifyConfig, certify_classifiers
-    from cadis_core.smoothing import DenoisedSmoothing
+    from cadis.certification.runner import CertifyConfig, certify_classifiers
+    from cadis.certification.smoothing import DenoisedSmoothing
+    from cadis.data import load_dataset
+    from cadis.models.classifier import ImageClassifier
+    from cadis.models.denoiser import DiffusionDenoiser
 
     from conftest import make_tiny_vit
 
@@ -222,13 +222,13 @@ def test_adaptive_shared_draws_equal_separate_adaptive_runs(tiny_denoiser_dir, t
 
     import torch
 
-    from cadis_core.adaptive import AdaptiveSettings
-    from cadis_core.classifier import ImageClassifier
-    from cadis_core.data import load_dataset
-    from cadis_core.denoiser import DiffusionDenoiser
-    from cadis_core.errors import CadisError
-    from cadis_core.runner import CertifyConfig, certify_classifiers
-    from cadis_core.smoothing import DenoisedSmoothing
+    from cadis.certification.adaptive import AdaptiveSettings
+    from cadis.certification.runner import CertifyConfig, certify_classifiers
+    from cadis.certification.smoothing import DenoisedSmoothing
+    from cadis.data import load_dataset
+    from cadis.errors import CadisError
+    from cadis.models.classifier import ImageClassifier
+    from cadis.models.denoiser import DiffusionDenoiser
 
     from conftest import make_tiny_vit
 
@@ -275,7 +275,7 @@ def test_batch_size_auto_is_recorded_and_bad_values_are_refused(tiny_denoiser_di
 # is written but before it replaces the sidecar, and after the sidecar is in place but before the header.
 KILLER = """
 import os, signal, sys
-from cadis_core import runner
+from cadis.certification import runner
 point, argv = sys.argv[1], sys.argv[2:]
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
@@ -290,7 +290,7 @@ elif point in ("sidecar-temp", "sidecar"):
         replace(src, dst)
         die()
     runner.os.replace = patched
-from cadis_core.cli import main
+from cadis.cli import main
 main(argv)
 raise SystemExit("not killed")
 """
@@ -398,8 +398,8 @@ def test_multistep_certification_repeats_row_for_row(tiny_denoiser_dir, tiny_cla
 
 
 def test_rows_round_p_a_and_the_radius_down():
-    from cadis_core.runner import floor_decimals, format_row
-    from cadis_core.smoothing import Certificate, lower_confidence_bound, radius
+    from cadis.certification.runner import floor_decimals, format_row
+    from cadis.certification.smoothing import Certificate, lower_confidence_bound, radius
 
     assert floor_decimals(0.24999999999999997, 4) == "0.2499" and floor_decimals(0.6158, 4) == "0.6158"
     assert floor_decimals(0.0, 4) == "0.0000"

@@ -8,7 +8,7 @@ import torch
 from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 
-from cadis_core.smoothing import ABSTAIN, Smooth, lower_confidence_bound, max_radius, radius
+from cadis.certification.smoothing import ABSTAIN, Smooth, lower_confidence_bound, max_radius, radius
 
 
 class KnownProbabilities:
@@ -97,7 +97,7 @@ def test_certificate_coverage_through_the_smoothing_engine():
 def test_binom_test_is_not_used_anywhere():
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent / "cadis_core"
+    root = Path(__file__).resolve().parent.parent / "src" / "cadis"
     assert not [f for f in root.rglob("*.py") if "binom_test(" in f.read_text()]
 
 
@@ -111,8 +111,8 @@ def test_predict_works_with_a_single_class():
 @pytest.mark.parametrize("kwargs", [dict(sigma=float("nan")), dict(sigma=float("inf")), dict(alpha=float("nan")),
                                     dict(n=float("inf")), dict(n0=2.5), dict(n=0)])
 def test_parameters_out_of_range_or_not_finite_are_refused(kwargs):
-    from cadis_core.errors import CadisError
-    from cadis_core.smoothing import check_parameters
+    from cadis.certification.smoothing import check_parameters
+    from cadis.errors import CadisError
 
     with pytest.raises(CadisError, match="must be"):
         check_parameters(**kwargs)

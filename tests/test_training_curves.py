@@ -7,14 +7,14 @@ import json
 import pandas as pd
 import pytest
 
-from cadis_core.errors import CadisError
-from cadis_core.training_curves import (
+from cadis.analysis.training_curves import (
     comparison_figure,
     curves_figure,
     metric_label,
     plateau_table,
     read_metrics,
 )
+from cadis.errors import CadisError
 
 
 def _run(path, evals=(0.8, 0.85)):

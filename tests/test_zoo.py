@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from cadis_core.schedules import batch_indices, warmup_cosine
-from cadis_core.zoo.architectures import count_flops, fmnist_unet, fmnist_vit
-from cadis_core.zoo.training import ClassifierTrainConfig, train_classifier
+from cadis.training.schedules import batch_indices, warmup_cosine
+from experiments.zoo.architectures import count_flops, fmnist_unet, fmnist_vit
+from experiments.zoo.training import ClassifierTrainConfig, train_classifier
 
 
 def _cfg(tmp_path, name):
@@ -42,7 +42,7 @@ def test_a_second_stage_starts_from_the_export_and_records_the_recipe(tmp_path):
     import json
     from dataclasses import replace
 
-    from cadis_core.zoo.card import _train_line
+    from experiments.zoo.card import _train_line
 
     first = train_classifier(_cfg(tmp_path, "first"))
     stage2 = replace(_cfg(tmp_path, "second"), steps=2, lr=1e-9, seed=4, init_from=str(first))

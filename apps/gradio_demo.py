@@ -1,0 +1,412 @@
+"""cadis Gradio demo: pick a test image or upload one, set σ, N and α; see denoised draws, the smoothed prediction
+(or an abstain), its certified ℓ2 radius, the top class counts, and what produced the result.
+
+Run locally: `HF_HUB_OFFLINE=1 python gradio_app.py` (http://127.0.0.1:7860). From Python:
+`gradio_client.Client(url).predict("Test image", None, 0, None, 0.25, 1000, 0.001, api_name="/certify")`.
+Models: the preset in $CADIS_PRESET (default fashion-mnist), or $CADIS_DENOISER / $CADIS_CLASSIFIER.
+Hosting mode ($CADIS_HOSTED=1, or on a Hugging Face Space, which sets $SPACE_ID) caps N at $CADIS_MAX_N
+(default 10,000); the local default cap is 100,000.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from gradio_client import utils as client_utils
+from PIL import Image
+
+from apps.ui.certification import certify_one, top_counts
+from apps.ui.models import ModelBundle, is_custom, load_bundle, model_source
+from apps.ui.pictures import to_uint8
+from apps.ui.uploads import check_run_parameters
+from cadis.analysis.hallucination import score_draws
+from cadis.certification.smoothing import ABSTAIN, Certificate, max_radius
+from cadis.data import ImageDataset
+from cadis.errors import CadisError
+from cadis.images import EXTENSIONS, FORMAT_NAMES, MAX_UPLOAD_BYTES, image_from_path
+from cadis.models.loading import ADAPTER_META, parse_spec
+from cadis.models.presets import Preset
+
+GALLERY_DRAWS = 16
+TEST_IMAGE, UPLOAD = "Test image", "Upload"
+SOURCES = (TEST_IMAGE, UPLOAD)
+LOCAL_MAX_N, HOSTED_MAX_N = 100_000, 10_000
+QUEUE_SIZE = 32  # visitors waiting beyond this are told the queue is full instead of waiting for minutes
+# Gradio's upload cache: every 10 minutes, delete what this app stored more than 30 minutes ago (uploads and
+# outputs; the example images are kept). Everything it stored goes when the server stops.
+DELETE_CACHE = (600, 1800)
+
+
+def hosted() -> bool:
+    """Whether the demo serves the public: $CADIS_HOSTED=1, or a Hugging Face Space ($SPACE_ID is set)."""
+    flag = os.environ.get("CADIS_HOSTED", "").strip().lower()
+    return flag in ("1", "true", "yes") or (flag == "" and bool(os.environ.get("SPACE_ID")))
+
+
+def max_n() -> int:
+    """The largest N a request may ask for: $CADIS_MAX_N, else 10,000 when hosted and 100,000 locally."""
+    value = os.environ.get("CADIS_MAX_N")
+    if value:
+        try:
+            cap = int(value)
+        except ValueError:
+            raise CadisError(f"CADIS_MAX_N must be a whole number of draws (got {value!r}).") from None
+        if cap < 1:
+            raise CadisError(f"CADIS_MAX_N must be >= 1 (got {cap}).")
+        return cap
+    return HOSTED_MAX_N if hosted() else LOCAL_MAX_N
+
+
+@dataclass(frozen=True)
+class Request:
+    """A checked certification request: which image (and how it is named in the result), and the parameters."""
+
+    source: str
+    image_name: str
+    sigma: float
+    n: int
+    alpha: float
+    index: int | None = None  # a test image's index
+    path: str | None = None  # an upload's file here, and its name as the visitor sent it
+    file_name: str | None = None
+    label: int | None = None  # the true class, when known
+
+
+# ---------------------------------------------------------------- models, data and examples
+
+
+@functools.lru_cache(maxsize=1)
+def _bundle() -> ModelBundle:
+    # One copy of the models per process; its lock (plus the queue) serialises certifications.
+    return load_bundle(model_source())
+
+
+@functools.lru_cache(maxsize=1)
+def _test_set() -> ImageDataset:
+    """The preset's test split, for the examples and previews (without loading the models)."""
+    return model_source().load_dataset("test")
+
+
+def example_indices(labels, per_class: int = 1) -> list[int]:
+    """The first `per_class` test images of each class, in class order."""
+    labels = np.asarray(labels)
+    return [int(i) for c in np.unique(labels) for i in np.flatnonzero(labels == c)[:per_class]]
+
+
+def _picture_dir() -> Path:
+    d = Path(tempfile.gettempdir()) / "cadis-gradio" / f"uid{os.getuid() if hasattr(os, 'getuid') else 0}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def example_picture(index: int) -> str:
+    """Test image `index` as a PNG (×4, pixels kept sharp) in a temp folder Gradio may serve: the examples
+    and the test-image preview show it; the model reads the test set itself."""
+    data = _test_set()
+    path = _picture_dir() / f"{data.name or 'test'}-{index}.png"
+    if not path.is_file():
+        x, _ = data[index]
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        Image.fromarray(to_uint8(x, 4)).save(tmp, "PNG")
+        tmp.replace(path)
+    return str(path)
+
+
+def describe_model(spec: str) -> str:
+    """A model spec as a reader recognises it: project paths relative, an adapter with its base."""
+    parsed = parse_spec(spec)
+    if parsed.path is None:
+        return str(parsed)
+    path = parsed.path.expanduser()
+    try:
+        shown = str(path.resolve().relative_to(Path(__file__).resolve().parent))
+    except ValueError:
+        shown = str(path)
+    if parsed.source == "adapter":
+        try:
+            meta = json.loads((path / ADAPTER_META).read_text())
+            base = meta.get("base_classifier_in_project") or meta.get("base_classifier") or ""
+        except (OSError, ValueError, AttributeError):
+            base = ""
+        return f"LoRA adapter {shown}" + (f" on {base}" if base else "")
+    return f"{parsed.source}:{shown}" if parsed.source == "local-dir" else shown
+
+
+# ---------------------------------------------------------------- checking a request
+
+
+def _number(value: Any, what: str, example: str) -> float:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise CadisError(f"{what} is missing; send a number, e.g. {example}.")
+    if isinstance(value, bool):
+        raise CadisError(f"{what} must be a number, e.g. {example} (got {value!r}).")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise CadisError(f"{what} must be a number, e.g. {example} (got {value!r}).") from None
+    if not math.isfinite(number):
+        raise CadisError(f"{what} must be a finite number, e.g. {example} (got {value!r}).")
+    return number
+
+
+def _whole(value: Any, what: str, example: str) -> int:
+    number = _number(value, what, example)
+    if number != int(number):
+        raise CadisError(f"{what} must be a whole number, e.g. {example} (got {value!r}).")
+    return int(number)
+
+
+def check_request(source: Any, upload: Any, index: Any, true_class: Any, sigma: Any, n: Any, alpha: Any,
+                  *, n0: int, classes: list[str], labels, cap: int) -> Request:
+    """Every input of `/certify` checked, with a CadisError that says what to send instead.
+
+    Only the chosen source is read: the test image's index when it is "Test image", the file (and the
+    optional true class) when it is "Upload"; the other is ignored, whatever it holds. A test image's true
+    class is its label in `labels`."""
+    if source not in SOURCES:
+        got = "nothing" if source is None else repr(source)
+        raise CadisError(f"Say which image to certify: source must be {SOURCES[0]!r} or {SOURCES[1]!r} (got {got}).")
+    sigma = _number(sigma, "σ (sigma)", "0.25")
+    n = _whole(n, "N (the number of draws)", "1000")
+    alpha = _number(alpha, "α (alpha)", "0.001")
+    check_run_parameters(sigma=sigma, alpha=alpha, n0=n0, n=n)
+    if n > cap:
+        raise CadisError(f"N = {n} is above this server's cap of {cap} draws, which keeps the wait short for "
+                         "everyone; lower N, or run `cadis certify` on your own machine.")
+    if source == TEST_IMAGE:
+        i = _whole(index, "The test-image index", "0")
+        if not 0 <= i < len(labels):
+            raise CadisError(f"Test image {i} does not exist; pick 0 … {len(labels) - 1}.")
+        return Request(source, f"test image #{i}", sigma, n, alpha, index=i, label=int(labels[i]))
+    if not upload:
+        raise CadisError(f"No file was uploaded; upload a {FORMAT_NAMES} image, or set the source to "
+                         f"{TEST_IMAGE!r} to certify a test image.")
+    path = Path(str(upload))
+    name = getattr(upload, "orig_name", None) or path.name
+    label = None
+    if true_class not in (None, ""):
+        if true_class not in classes:
+            raise CadisError(f"Unknown true class {true_class!r}; pick one of {', '.join(classes)}, or none.")
+        label = classes.index(true_class)
+    return Request(source, f"your upload {name}", sigma, n, alpha, path=str(path), file_name=name, label=label)
+
+
+# ---------------------------------------------------------------- what a result says
+
+
+def result_details(req: Request, cert: Certificate, classes: list[str], n0: int, p: Preset,
+                   label_names: list[str] | None = None) -> dict[str, Any]:
+    """Everything a result is made of, for the JSON output and the text. The prediction is named by the
+    classifier's `classes`, the true class by the dataset's `label_names` (the same for the presets)."""
+    cap = max_radius(req.sigma, req.n, req.alpha)
+    abstained = cert.prediction == ABSTAIN
+    return {
+        "image": req.image_name, "source": req.source,
+        "true_class": None if req.label is None else (label_names or classes)[req.label],
+        "prediction": "abstain" if abstained else classes[cert.prediction],
+        "correct": None if req.label is None else (not abstained and cert.prediction == req.label),
+        "radius": round(cert.radius, 4), "largest_radius": round(cap, 4),
+        "at_largest_radius": (not abstained) and cert.count_a == cert.n,
+        "count_a": cert.count_a, "p_a_lower": round(cert.p_a_lower, 6),
+        "classifier": describe_model(p.classifier), "denoiser": describe_model(p.denoiser), "preset": p.name,
+        "sigma": req.sigma, "n0": n0, "n": req.n, "alpha": req.alpha,
+    }
+
+
+def verdict_markdown(d: dict[str, Any]) -> str:
+    """The result in words: prediction, which image, correct or not, the radius and its cap, the producer."""
+    if d["true_class"] is None:
+        truth = " (true class not given)" if d["source"] == UPLOAD else ""
+    else:
+        truth = f" (true class: {d['true_class']})"
+    if d["correct"] is None:
+        judged = ""
+    elif d["prediction"] == "abstain":
+        judged = " · **abstained**, so not certified correct"
+    else:
+        judged = " · **correct**" if d["correct"] else " · **incorrect**"
+    lines = [f"### {'Abstain' if d['prediction'] == 'abstain' else d['prediction']}",
+             f"**Image:** {d['image']}{truth}{judged}"]
+    if d["prediction"] == "abstain":
+        lines.append(f"The top class holds only {d['count_a']}/{d['n']} draws: the lower bound of its probability, "
+                     f"{d['p_a_lower']:.3f}, is not above ½ at α = {d['alpha']:g}.")
+    else:
+        lines.append(f"Certified for every ℓ2 perturbation below **{d['radius']:.4f}** ({d['count_a']}/{d['n']} "
+                     f"draws, p_A ≥ {d['p_a_lower']:.4f}).")
+    if d["at_largest_radius"]:
+        lines.append(f"All {d['n']} draws agree, so this is the largest radius N = {d['n']} allows at α = "
+                     f"{d['alpha']:g}: σ·Φ⁻¹(α^(1/N)) = {d['largest_radius']:.4f}. Only a larger N certifies more.")
+    lines.append(f"**Produced by:** classifier {d['classifier']}, denoiser {d['denoiser']} (one-shot), "
+                 f"σ = {d['sigma']:g}, N = {d['n']} (after N0 = {d['n0']} to pick the class), α = {d['alpha']:g}.")
+    return "\n\n".join(lines)
+
+
+# ---------------------------------------------------------------- the event handlers
+
+
+def certify(source: str | None, upload: str | None, index: float | None, true_class: str | None,
+            sigma: float | None, n: float | None, alpha: float | None,
+            progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008 (gradio's documented pattern)
+    """Certify the chosen image: test image `index` when `source` is "Test image", the file when "Upload"."""
+    try:
+        b = _bundle()
+        n0 = b.preset.n0
+        req = check_request(source, upload, index, true_class, sigma, n, alpha, n0=n0,
+                            classes=list(b.dataset.classes), labels=b.dataset.labels, cap=max_n())
+        if req.path is not None:
+            x = image_from_path(req.path, b.input_shape, name=req.file_name)
+        else:
+            x, _ = b.dataset[req.index]
+        smooth = b.smoothing(req.sigma, batch_size=min(b.preset.batch_size, 100))
+        progress(0, desc="denoising draws for the gallery")
+        [draws] = score_draws(smooth, x, req.label, GALLERY_DRAWS, seed=1)
+        cert, counts = certify_one(b, x, req.sigma, n0, req.n, req.alpha, seed=0,
+                                   progress=lambda done, total: progress((done, total), desc="certifying",
+                                                                         unit="draws"),
+                                   batch_size=min(b.preset.batch_size, 100))
+    except CadisError as e:
+        raise gr.Error(str(e)) from e
+    gallery = [(to_uint8(d, 4), f"{b.classes[p]} {c:.0%}")
+               for d, p, c in zip(draws.denoised, draws.top1.tolist(), draws.confidence.tolist())]
+    details = result_details(req, cert, b.classes, n0, b.preset, list(b.dataset.classes))
+    table = [[c, v, round(v / req.n, 4)] for c, v in top_counts(counts, b.classes, k=5).items()]
+    shown = f"{cert.radius:.4f}" if cert.prediction != ABSTAIN else "0 (abstain)"
+    return gallery, verdict_markdown(details), shown, table, to_uint8(x, 8), details
+
+
+def preview_test_image(index: float | None) -> tuple:
+    """The chosen test image and its class; choosing one makes "Test image" the source."""
+    data = _test_set()
+    try:
+        i = _whole(index, "The test-image index", "0")
+    except CadisError as e:
+        raise gr.Error(str(e)) from e
+    if not 0 <= i < len(data):
+        raise gr.Error(f"Test image {i} does not exist; pick 0 … {len(data) - 1}.")
+    caption = f"Test image #{i}: {data.classes[int(data.labels[i])]}"
+    return gr.update(value=example_picture(i), label=caption), TEST_IMAGE
+
+
+def preview_upload(upload: str | None) -> tuple:
+    """What the model will see of the upload (or why it cannot); uploading makes "Upload" the source."""
+    if not upload:
+        return None, "", gr.update()
+    name = getattr(upload, "orig_name", None) or Path(str(upload)).name
+    try:
+        x = image_from_path(str(upload), _bundle().input_shape, name=name)
+    except CadisError as e:
+        return None, f"**Cannot use this file:** {e}", UPLOAD
+    return to_uint8(x, 8), f"The model sees {name} like this ({x.shape[-1]}×{x.shape[-2]}).", UPLOAD
+
+
+def show_source(source: str | None) -> tuple:
+    return gr.update(visible=source != UPLOAD), gr.update(visible=source == UPLOAD)
+
+
+# ---------------------------------------------------------------- components
+
+
+# Both adjust one component instance: a subclass of a Gradio component would make Gradio write a
+# gradio_demo.pyi stub next to this file at import.
+
+
+def _as_sent(component: gr.components.Component) -> gr.components.Component:
+    """Let the component's value reach the handler as sent, None or out of range included, so that
+    `certify` answers bad API input with its own message instead of Gradio's generic error."""
+    component.preprocess = lambda payload: payload
+    return component
+
+
+def _uploads_only(upload: gr.File) -> gr.File:
+    """Take only files uploaded to this server (within `max_file_size`): a URL sent through the API is
+    refused instead of downloaded by Gradio, with no size limit, into its cache."""
+    fetch = upload.async_move_resource_to_block_cache
+
+    async def move(url_or_file_path: str | Path | None) -> str | None:
+        if url_or_file_path is not None and client_utils.is_http_url_like(str(url_or_file_path)):
+            raise gr.Error("The demo does not fetch URLs: download the image and upload the file "
+                           "(gradio_client.handle_file with a local path).")
+        return await fetch(url_or_file_path)
+
+    upload.async_move_resource_to_block_cache = move
+    return upload
+
+
+def build_demo() -> gr.Blocks:
+    p = model_source()
+    data = _test_set()
+    cap = max_n()
+    picks = example_indices(data.labels)
+    with gr.Blocks(title="cadis: certify an image", delete_cache=DELETE_CACHE) as demo:
+        gr.Markdown("# cadis: a provably robust prediction for one image\n"
+                    "Denoised smoothing: add Gaussian noise (σ), denoise with a diffusion model, classify, and "
+                    "vote over N draws. The radius is guaranteed with probability 1 − α. "
+                    f"Models: the **{p.name}** preset{' with replaced models' if is_custom(p) else ''} "
+                    f"({p.dataset}): classifier {describe_model(p.classifier)}, denoiser "
+                    f"{describe_model(p.denoiser)}. N0 = {p.n0} draws pick the class before the N that certify "
+                    "it." + (f" This shared server certifies one image at a time (N ≤ {cap}); your place in the "
+                             "queue is shown while you wait." if hosted() else ""))
+        with gr.Row():
+            with gr.Column():
+                source = gr.Radio(list(SOURCES), value=TEST_IMAGE, label="Image to certify",
+                                  info="Only the chosen one is used; the result says which.")
+                with gr.Group(visible=True) as test_group:
+                    index = gr.Number(label=f"Test image index (0 … {len(data) - 1})", value=0, precision=0)
+                    test_preview = gr.Image(value=example_picture(0), type="filepath", interactive=False,
+                                            label=f"Test image #0: {data.classes[int(data.labels[0])]}",
+                                            height=180, buttons=[])
+                with gr.Group(visible=False) as upload_group:
+                    upload = _uploads_only(gr.File(label=f"Upload an image ({FORMAT_NAMES}, at most "
+                                                         f"{MAX_UPLOAD_BYTES // 2**20} MB)",
+                                                   file_types=list(EXTENSIONS), type="filepath"))
+                    upload_note = gr.Markdown()
+                    upload_preview = gr.Image(label="What the model sees", interactive=False, height=180, buttons=[])
+                    true_class = gr.Dropdown(list(data.classes), value=None, label="True class (optional)",
+                                             info="Give it and the result says whether the prediction is correct.")
+                gr.Examples([[example_picture(i), i] for i in picks], [test_preview, index], visible_columns=[0],
+                            label="Examples from the test set, one per class: click one, then Certify",
+                            examples_per_page=len(picks), api_visibility="private")
+                sigma = _as_sent(gr.Slider(0.01, 1.0, value=p.sigma, step=0.01, label="Noise level σ"))
+                n = _as_sent(gr.Slider(p.n0, cap, value=min(p.n, cap), step=10,
+                                       label=f"N draws (N0 = {p.n0} more pick the class; at most {cap} here)"))
+                alpha = gr.Number(label="α (failure probability)", value=0.001)
+                run = gr.Button("Certify", variant="primary")
+            with gr.Column():
+                verdict = gr.Markdown("The result appears here when a run finishes.")
+                # A textbox, not gr.Number, which shows "0" while it holds no value.
+                radius_out = gr.Textbox(label="Certified ℓ2 radius", value="", interactive=False,
+                                        placeholder="appears when a run finishes")
+                counts = gr.Dataframe(headers=["class", "count", "share"], label="Top class counts (N draws)",
+                                      interactive=False)
+                model_input = gr.Image(label="Model input", height=160, buttons=[])
+                with gr.Accordion("Run details (JSON)", open=False):
+                    details = gr.JSON(label="What produced this result")
+        gallery = gr.Gallery(label=f"{GALLERY_DRAWS} denoised draws: prediction and confidence", columns=8,
+                             height="auto")
+
+        source.change(show_source, source, [test_group, upload_group], api_visibility="private", queue=False)
+        index.change(preview_test_image, index, [test_preview, source], api_visibility="private",
+                     show_progress="hidden")
+        upload.upload(preview_upload, upload, [upload_preview, upload_note, source], api_visibility="private")
+        upload.clear(lambda: (None, ""), None, [upload_preview, upload_note], api_visibility="private", queue=False)
+        run.click(certify, [source, upload, index, true_class, sigma, n, alpha],
+                  [gallery, verdict, radius_out, counts, model_input, details], api_name="certify")
+    return demo
+
+
+# One certification at a time across sessions (2 CPU cores); the others wait in the queue and see their position.
+demo = build_demo().queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
+
+
+def launch(**kwargs):
+    """Launch with the upload limit enforced by Gradio while it receives a file, before any of it is kept."""
+    return demo.launch(max_file_size=MAX_UPLOAD_BYTES, **kwargs)

@@ -1,0 +1,133 @@
+"""Hosting mode: many visitors share one server (`CADIS_HOSTED=1`, which the Dockerfile sets).
+
+Hosted, each visitor (one browser session) writes fine-tuning runs under runs/visitors/<id>/ and sees only those
+and the shipped ones; a visitor's folder is deleted a day after its last change (`prune_visitors`). Nobody can
+stop another's job; N, the number of images and draws and the fine-tuning steps are capped; heavy jobs queue with
+a visible position (`turns.Turns`, `jobs.JobQueue`). The local app (variable unset) keeps full power: one user,
+every run under runs/, the widgets' own ranges.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from apps.ui.models import runs_dir
+from cadis.errors import CadisError
+from cadis.models.presets import FINETUNED
+
+HOSTED_ENV = "CADIS_HOSTED"
+VISITOR_TTL_S = 24 * 3600  # a visitor's folder is deleted this long after its newest file changed
+VISITOR_ID = re.compile(r"[0-9a-f]{8,32}")
+REPOSITORY = Path(__file__).resolve().parents[2]  # the apps run from a checkout, beside the benchmark's results
+SHIPPED_MODELS = FINETUNED
+SHIPPED_RESULTS = REPOSITORY / "experiments" / "results"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The largest value each heavy parameter may take."""
+
+    n: int  # N of a certification
+    images: int  # images per certification or hallucination grid
+    draws: int  # draws per image on the Hallucinations page
+    steps: int  # fine-tuning steps
+    batch: int  # fine-tuning batch size
+    subset: int  # fine-tuning training images (0 = all counts as the whole split)
+    eval_size: int  # test images per fine-tuning evaluation
+
+
+LOCAL_LIMITS = Limits(n=1_000_000, images=64, draws=32, steps=100_000, batch=512, subset=100_000, eval_size=5000)
+HOSTED_LIMITS = Limits(n=2000, images=8, draws=16, steps=300, batch=32, subset=2000, eval_size=200)
+NAMES = {"n": "N", "images": "the number of images", "draws": "the number of draws", "steps": "the number of steps",
+         "batch": "the batch size", "subset": "the training subset", "eval_size": "the test images per evaluation"}
+
+
+def hosted() -> bool:
+    """Whether this server is shared by visitors ($CADIS_HOSTED is 1, true, yes or on)."""
+    return os.environ.get(HOSTED_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def limits() -> Limits:
+    return HOSTED_LIMITS if hosted() else LOCAL_LIMITS
+
+
+def check_limits(**values: int | None) -> None:
+    """A CadisError for the first value above its limit (names as in `Limits`; None and 0 skip a check, except a
+    subset of 0, which means the whole split)."""
+    lim = limits()
+    for f in fields(Limits):
+        value = values.get(f.name)
+        if value is None:
+            continue
+        cap = getattr(lim, f.name)
+        if value > cap or (f.name == "subset" and value == 0 and hosted()):
+            where = "this shared demo" if hosted() else "this app"
+            raise CadisError(f"{NAMES[f.name].capitalize()} is capped at {cap} in {where} (got "
+                             f"{'all' if value == 0 else value}); lower it, or run the app locally for more.")
+
+
+def new_visitor() -> str:
+    """A fresh visitor id (random; one per browser session). Hosted, old visitors' folders are pruned first."""
+    if hosted():
+        prune_visitors()
+    return uuid.uuid4().hex[:16]
+
+
+def _last_change(folder: Path) -> float:
+    times = [folder.stat().st_mtime]
+    for path in folder.rglob("*"):
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:  # deleted while we looked: a job is writing there
+            return time.time()
+    return max(times)
+
+
+def prune_visitors(max_age_s: float = VISITOR_TTL_S, now: float | None = None) -> list[Path]:
+    """Delete the folders under runs/visitors/ whose newest file is older than `max_age_s`; returns them. Disk
+    use stays bounded by the last day's visitors (a hosted run is capped far below a day, so none is running)."""
+    root = runs_dir() / "visitors"
+    now = time.time() if now is None else now
+    removed = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if folder.is_dir() and VISITOR_ID.fullmatch(folder.name) and now - _last_change(folder) > max_age_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _checked(visitor: str | None) -> str:
+    if not visitor or not VISITOR_ID.fullmatch(visitor):
+        raise CadisError("No valid visitor id; reload the page.")
+    return visitor
+
+
+def visitor_dir(visitor: str | None) -> Path:
+    """Where a visitor's files go when hosted: runs/visitors/<id>."""
+    return runs_dir() / "visitors" / _checked(visitor)
+
+
+def finetune_root(visitor: str | None = None) -> Path:
+    """Where new fine-tuning runs go: runs/finetune locally, the visitor's own folder when hosted."""
+    return visitor_dir(visitor) / "finetune" if hosted() else runs_dir() / "finetune"
+
+
+def model_roots(visitor: str | None = None) -> list[Path]:
+    """Where the fine-tuned classifiers a visitor may pick are (for `models.finetuned_models`)."""
+    return [finetune_root(visitor), SHIPPED_MODELS]
+
+
+def result_roots(visitor: str | None = None) -> list[Path]:
+    """Where the result files a visitor may compare are (for `certification.result_files`)."""
+    return [SHIPPED_RESULTS, visitor_dir(visitor) if hosted() else runs_dir()]
+
+
+def is_own(path: Path, visitor: str | None = None) -> bool:
+    """Whether a model directory is one of the visitor's runs (locally: any run under runs/), not a shipped one."""
+    return finetune_root(visitor) in Path(path).parents

@@ -1,0 +1,253 @@
+"""Fine-tuning: configure FT-CADIS (or a baseline), start/stop it, and watch its curves live.
+
+A quick demo setting finishes in a few minutes; the time is estimated before Start and during the run. Runs take
+turns in a queue (one at a time on few cores); hosted, each visitor sees and stops only their own.
+"""
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from apps.ui.hosting import check_limits, finetune_root, hosted, limits
+from apps.ui.jobs import (
+    SETTINGS,
+    FinetuneJob,
+    JobQueue,
+    duration,
+    estimate_seconds,
+    measure_speed,
+    warmup_for,
+)
+from apps.ui.style import paint
+from apps.views._common import (
+    bundle,
+    certify_this,
+    hosted_note,
+    keep_selection,
+    train_split,
+    visible_models,
+    visitor,
+)
+from cadis.analysis.training_curves import comparison_figure, curves_figure, metric_label, read_metrics
+from cadis.data import ImageDataset
+from cadis.errors import CadisError
+from cadis.training.finetune import FinetuneConfig
+from cadis.training.objective import METHODS
+
+st.title("FT-CADIS fine-tuning")
+st.caption("FT-CADIS trains the classifier on denoised draws it still classifies correctly (L_SCE) and makes it "
+           "consistent within an ε-ball around them (λ·L_MAdv, only for images whose draws are all correct). "
+           "The denoiser stays frozen.")
+
+
+
+
+DEMO_DATA = "second half of the test split (demo: then certify only the first half)"
+FIELDS = {"method": "ft_method", "sigma": "ft_sigma", "num_draws": "ft_m", "lam": "ft_lam", "eps": "ft_eps",
+          "adv_steps": "ft_t", "lora": "ft_lora", "lora_r": "ft_rank", "steps": "ft_steps", "batch_size": "ft_batch",
+          "subset": "ft_subset", "lr": "ft_lr", "eval_every": "ft_eval", "eval_size": "ft_eval_size",
+          "seed": "ft_seed"}
+LIVE_METRICS = ["loss_sce", "loss_madv", "selection_rate", "mask_rate", "acc_denoised"]
+METRIC_HELP = {"loss_sce": "Cross-entropy on the denoised draws the classifier still gets right (L_SCE).",
+               "loss_madv": "λ-weighted consistency around the draws of images whose draws are all kept (L_MAdv).",
+               "selection_rate": "Share of this batch's denoised draws classified correctly (kept).",
+               "mask_rate": "Share of this batch's images every draw of which is kept: L_MAdv applies to them.",
+               "acc_denoised": "Accuracy on this batch's denoised draws (the same count as the kept share)."}
+
+
+@st.cache_resource
+def _queue() -> JobQueue:
+    # Process-wide: one run at a time on a small machine, the others wait their turn.
+    return JobQueue()
+
+
+@st.cache_resource(show_spinner="Timing the models on this machine …", max_entries=3)
+def _speed(models: tuple[str, str, str], _b):
+    # Once per process and models; not under the models' lock (a page must not wait for others' jobs): a busy
+    # machine times slower, and the estimate errs long.
+    return measure_speed(_b.denoiser, _b.classifier, _b.input_shape)
+
+
+def _training_data(b, source: str) -> tuple[ImageDataset, ImageDataset]:
+    """The training split, or (where only the test split ships) its second half, keeping the first for tests."""
+    test = b.dataset
+    if source != DEMO_DATA:
+        return train_split(b.preset.dataset), test
+    half = len(test) // 2
+    return (ImageDataset(test.images[half:], test.labels[half:], test.classes, f"{test.name}[{half}:]"),
+            ImageDataset(test.images[:half], test.labels[:half], test.classes, f"{test.name}[:{half}]"))
+
+
+CAPPED = {"steps": "steps", "batch_size": "batch", "subset": "subset", "eval_size": "eval_size"}
+
+
+def _apply(setting: str) -> None:
+    """Fill the settings' widgets with a named setting (a callback: before the widgets are drawn), within the
+    hosted demo's caps."""
+    lim = limits()
+    for name, value in SETTINGS.get(setting, {}).items():
+        if name in CAPPED:
+            cap = getattr(lim, CAPPED[name])
+            value = cap if name == "subset" and value == 0 and hosted() else min(value, cap)
+        st.session_state[FIELDS[name]] = {True: "LoRA", False: "full"}.get(value, value) if name == "lora" else value
+
+
+def _edited() -> None:
+    """A setting's value changed by hand: the settings are now the visitor's own."""
+    st.session_state["ft_setting"] = "custom"
+
+
+def _mine(queue: JobQueue) -> FinetuneJob | None:
+    """The job this session follows: hosted, the visitor's own newest; locally, the one running, else the newest."""
+    return queue.latest(visitor()) if hosted() else queue.running() or queue.latest()
+
+
+b = bundle()
+hosted_note()
+queue = _queue()
+lim = limits()
+if "ft_setting" not in st.session_state:  # first visit: the quick demo
+    st.session_state["ft_setting"] = "quick demo"
+    _apply("quick demo")
+
+try:
+    train_split(b.preset.dataset)
+    sources = ["training split", DEMO_DATA]
+except CadisError as e:
+    st.warning(f"{e} Using the demo split instead.")
+    sources = [DEMO_DATA]
+
+setting = st.radio("Setting", [*SETTINGS, "custom"], horizontal=True, key="ft_setting",
+                   on_change=lambda: _apply(st.session_state["ft_setting"]),
+                   help="quick demo: a few minutes on 2 CPU cores, enough for the curves to move; shipped runs' "
+                        "recipe: what made src/cadis/assets/finetuned (over an hour here); custom: your own.")
+c1, c2, c3, c4 = st.columns(4)
+methods = [m for m in METHODS if m != "none"]
+method = c1.selectbox("Method", methods, key="ft_method", on_change=_edited,
+                      help="ft-cadis: L_SCE + λ·L_MAdv; denoised-ce: cross-entropy on every draw (baseline); "
+                           "sce-only / ce-madv: ablations.")
+sigma = c2.number_input("σ", step=0.05, format="%.3f", key="ft_sigma", on_change=_edited)
+num_draws = int(c3.number_input("M (draws per image)", 1, 16, key="ft_m", on_change=_edited))
+lam = c4.number_input("λ (weight of L_MAdv)", step=0.5, key="ft_lam", on_change=_edited)
+eps = c1.number_input("ε (ℓ2 radius, denoised space)", step=0.025, format="%.3f", key="ft_eps", on_change=_edited)
+adv_steps = int(c2.number_input("T (attack steps)", 1, 10, key="ft_t", on_change=_edited))
+lora = c3.radio("Trained weights", ["LoRA", "full"], horizontal=True, key="ft_lora", on_change=_edited) == "LoRA"
+lora_r = int(c4.number_input("LoRA rank", 1, 64, key="ft_rank", on_change=_edited))
+steps = int(c1.number_input("Steps", 1, lim.steps, key="ft_steps", on_change=_edited))
+batch = int(c2.number_input("Batch size", 1, lim.batch, key="ft_batch", on_change=_edited))
+subset = int(c3.number_input("Subset (images, 0 = all)", 0, lim.subset, key="ft_subset", on_change=_edited))
+lr = c4.number_input("Learning rate", format="%.0e", step=1e-4, key="ft_lr", on_change=_edited,
+                     help="1e-3 suits LoRA; use about 1e-4 for full fine-tuning.")
+eval_every = int(c1.number_input("Evaluate every (steps, 0 = at the end)", 0, 10_000, key="ft_eval", on_change=_edited))
+eval_size = int(c2.number_input("Test images per evaluation", 0, lim.eval_size, key="ft_eval_size", on_change=_edited))
+seed = int(c3.number_input("Seed", 0, 10**6, key="ft_seed", on_change=_edited))
+source = c4.selectbox("Training data", sources, key="ft_data")
+config = None
+try:
+    out = finetune_root(visitor()) / f"{b.preset.name}-{method}-s{sigma:g}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config = FinetuneConfig(out=str(out), method=method, sigma=sigma, num_draws=num_draws, lam=lam, eps=eps,
+                            adv_steps=adv_steps, lora=lora, lora_r=lora_r, lora_alpha=float(lora_r), steps=steps,
+                            batch_size=batch, lr=lr, warmup=warmup_for(steps), subset=subset or None, seed=seed,
+                            save_as="adapter" if lora else "merged", eval_every=eval_every, eval_size=eval_size)
+    config.validate()
+    check_limits(steps=steps, batch=batch, subset=subset, eval_size=eval_size)
+    estimate = estimate_seconds(config, _speed((b.preset.name, b.preset.denoiser, b.preset.classifier), b))
+    ahead = queue.running()
+    wait = f"; it starts after the run going now ({duration(ahead.seconds_left() or 0)} left)" if ahead else ""
+    st.caption(f":material/schedule: Estimated time: **{duration(estimate)}** on this machine "
+               f"({steps} steps of {batch} images × {num_draws} draws; warmup {config.warmup} steps, 5% of the "
+               f"run){wait}.")
+except CadisError as e:
+    config = None
+    st.error(str(e))
+
+job = _mine(queue)
+if st.button("Start", type="primary", disabled=config is None, key="ft_start"):
+    try:
+        train, test = _training_data(b, source)
+        new = FinetuneJob(config, b.denoiser, b.classifier, train, test, owner=visitor(), estimate_s=estimate)
+        if hosted() and job is not None and job.active:
+            raise CadisError("Your run is still going; stop it first, or wait for it to finish.")
+        job = queue.submit(new)
+        if job.status == "queued":
+            st.toast(f"Queued: {queue.position(job)} job(s) ahead of yours.")
+    except CadisError as e:
+        st.error(str(e))
+
+can_stop = job is not None and job.active and (not hosted() or job.owner == visitor())
+if st.button("Stop", disabled=not can_stop, key="ft_stop",
+             help="Stops after the current step and keeps a checkpoint (or takes a queued run out of the queue)."):
+    job.stop()
+    st.toast("Stopping after the current step …")
+busy = job is not None and job.active
+
+
+@st.fragment(run_every=1.0 if busy else None)
+def live(polling: bool) -> None:
+    # Reruns by itself every second while a run is queued or going; the rest of the page stays as it is.
+    current = _mine(_queue())
+    if current is None:
+        st.info("No fine-tuning run yet: pick a setting above and press Start.")
+        return
+    if current.status == "queued":
+        wait = _queue().wait_ahead_s(current)
+        st.info(f":material/hourglass_top: Queued: {_queue().position(current)} job(s) ahead of yours"
+                f"{'' if wait is None else f', {duration(wait)} to wait'}; then "
+                f"{duration(current.estimate_s or 0)} to run.")
+    frame = current.frame()
+    last = frame.iloc[-1] if not frame.empty else None
+    text = f"step {0 if last is None else int(last['step'])} / {current.config.steps}"
+    if last is not None and "images_per_s" in last:
+        text += f" · {last['images_per_s']:.1f} images/s · {current.elapsed:.0f} s"
+    left = current.seconds_left()
+    if current.running and left is not None:
+        text += f" · {duration(left)} left"
+    st.progress(current.progress, text=f"{current.status}: {text}")
+    if not hosted() and len(_queue().waiting()) > (current.status == "queued"):
+        st.caption(f"{len(_queue().waiting())} run(s) queued; each starts when the one before it ends.")
+    if last is not None:
+        m = st.columns(len(LIVE_METRICS))
+        for col, key in zip(m, LIVE_METRICS):
+            col.metric(metric_label(key), f"{last[key]:.3f}" if key in last else "–", help=METRIC_HELP.get(key))
+        smooth = max(1, len(frame) // 20)  # batch metrics are noisy: a short rolling mean once there are points
+        st.plotly_chart(curves_figure(frame, pd.DataFrame(list(current.evals)), smooth=smooth), key="ft_curves")
+    if current.status == "done":
+        name = current.path.parent.name
+        st.success(f"Saved to {current.path}. Pick it as “{name}” on the Hallucinations page.")
+        if st.button("Certify this model", icon=":material/verified:", key="ft_certify",
+                     help="Opens the Certification page with this classifier chosen."):
+            certify_this(name)
+    elif current.status == "stopped":
+        st.warning(f"Stopped; checkpoint in {current.path}. Start the same settings again to train a new run.")
+    elif current.status == "cancelled":
+        st.warning("Taken out of the queue before it started.")
+    elif current.status == "failed":
+        st.error(current.error)
+    if polling and not current.active:
+        st.rerun()  # the whole page, so the buttons and the polling interval follow the new state
+
+
+live(busy)
+
+
+st.header("Finished runs")
+st.caption("The shipped fine-tuned models (`python -m experiments results`) and your runs: test accuracy on denoised "
+           "images, L_MAdv and the share of images every draw of which is kept.")
+with_metrics = {}
+for name, path in visible_models().items():
+    try:
+        read_metrics(path)
+        with_metrics[name] = path
+    except CadisError:
+        continue  # a model without its training log has no curves to show
+if not with_metrics:
+    st.info("No finished run with a metrics log yet.")
+else:
+    keep_selection("ft_past", list(with_metrics), list(with_metrics)[:4])  # a run that just finished joins
+    picked = st.multiselect("Runs", list(with_metrics), key="ft_past")
+    if picked:
+        st.plotly_chart(paint(comparison_figure({k: with_metrics[k] for k in picked})), key="ft_compare")
+        one = st.selectbox("All curves of one run", picked, key="ft_past_one")
+        steps_frame, evals = read_metrics(with_metrics[one])
+        st.plotly_chart(curves_figure(steps_frame, evals, smooth=20), key="ft_past_curves")

@@ -1,0 +1,216 @@
+"""Randomized smoothing (Cohen et al., 2019) around a base classifier, e.g. classifier ∘ denoiser.
+
+The smoothed classifier is g(x) = argmax_c P[f(x + δ) = c], δ ~ N(0, σ²I).
+`certify` and `predict` follow the paper's CERTIFY and PREDICT line by line.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.stats import beta, binomtest, norm
+
+from cadis.acceleration import Acceleration
+from cadis.errors import CadisError
+
+ABSTAIN = -1
+
+
+def lower_confidence_bound(k: int, n: int, alpha: float) -> float:
+    """One-sided (1 - α) Clopper-Pearson lower bound on p from k successes in n trials:
+    the α quantile of Beta(k, n - k + 1)."""
+    return 0.0 if k == 0 else float(beta.ppf(alpha, k, n - k + 1))
+
+
+def upper_confidence_bound(k: int, n: int, alpha: float) -> float:
+    """One-sided (1 - α) Clopper-Pearson upper bound on p from k successes in n trials:
+    the 1 - α quantile of Beta(k + 1, n - k)."""
+    return 1.0 if k == n else float(beta.ppf(1 - alpha, k + 1, n - k))
+
+
+def check_parameters(sigma: float | None = None, alpha: float | None = None,
+                     n0: int | None = None, n: int | None = None) -> None:
+    """Raise a CadisError that says what to change for parameters outside their range (nan and inf included)."""
+    if sigma is not None and not (0 < sigma < math.inf):
+        raise CadisError(f"sigma must be a finite number > 0 (got {sigma}); try 0.25 or 0.5.")
+    if alpha is not None and not 0 < alpha < 0.5:
+        raise CadisError(f"alpha must be in (0, 0.5) (got {alpha}); 0.001 is usual.")
+    if n0 is not None and not (n0 >= 1 and float(n0).is_integer()):
+        raise CadisError(f"n0 must be a whole number >= 1 (got {n0}); 100 is usual.")
+    if n is not None and not (n >= 1 and float(n).is_integer()):
+        raise CadisError(f"n must be a whole number >= 1 (got {n}); 10000 or more is usual.")
+
+
+@dataclass
+class Certificate:
+    prediction: int  # ABSTAIN (-1) when p_A < 1/2
+    radius: float
+    count_a: int
+    n: int
+    p_a_lower: float
+    counts: np.ndarray = field(repr=False, compare=False, default=None)  # class counts of the n estimation draws
+
+
+def radius(sigma: float, p_a: float) -> float:
+    """The certified ℓ2 radius σ·Φ⁻¹(p_A) (Cohen et al., Theorem 1)."""
+    return sigma * float(norm.ppf(p_a))
+
+
+def max_radius(sigma: float, n: int, alpha: float) -> float:
+    """The largest radius N draws can certify: all N agree, so p_A = α^(1/N) and R = σ·Φ⁻¹(α^(1/N))."""
+    return radius(sigma, lower_confidence_bound(n, n, alpha))
+
+
+def decide(counts_selection: np.ndarray, counts_estimation: np.ndarray, alpha: float, sigma: float) -> Certificate:
+    """CERTIFY's decision: guess c_A from the selection draws, bound p_A from the estimation draws."""
+    c_a = int(counts_selection.argmax())
+    n, n_a = int(counts_estimation.sum()), int(counts_estimation[c_a])
+    p_a = lower_confidence_bound(n_a, n, alpha)
+    if p_a < 0.5:
+        return Certificate(ABSTAIN, 0.0, n_a, n, p_a, counts_estimation)
+    return Certificate(c_a, radius(sigma, p_a), n_a, n, p_a, counts_estimation)
+
+
+@dataclass
+class Prediction:
+    prediction: int  # ABSTAIN (-1) unless the binomial test rejects at level α
+    count_a: int
+    count_b: int
+    p_value: float
+
+
+class Smooth:
+    """A smoothed classifier around `base`, which maps a batch of noisy images to logits.
+    `acceleration` picks the precision and compilation `base` runs with (default: exact fp32, eager)."""
+
+    def __init__(self, base: Callable[[torch.Tensor], torch.Tensor], num_classes: int, sigma: float,
+                 batch_size: int = 256, acceleration: Acceleration | None = None,
+                 modules: tuple[torch.nn.Module, ...] = ()):
+        check_parameters(sigma=sigma)
+        self.base, self.num_classes, self.sigma, self.batch_size = base, num_classes, sigma, batch_size
+        self.acceleration = acceleration or Acceleration()
+        self._forward = self.acceleration.prepare(base, modules)
+
+    def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, seed: int = 0,
+                progress: Callable[[int], None] | None = None) -> Certificate:
+        """With probability at least 1 - α over the noise, if a class is returned, g(x') equals it
+        for every ‖x' - x‖₂ < radius. Abstains (prediction -1) when p_A's lower bound is below 1/2.
+        `progress`, if given, is called with the number of draws done in each batch."""
+        check_parameters(alpha=alpha, n0=n0, n=n)
+        gen = self.generator(x, seed)
+        counts_selection = self.sample_counts(x, n0, gen, progress)
+        counts_estimation = self.sample_counts(x, n, gen, progress)
+        return decide(counts_selection, counts_estimation, alpha, self.sigma)
+
+    def predict(self, x: torch.Tensor, n: int, alpha: float, seed: int = 0) -> Prediction:
+        """With probability at least 1 - α, the returned class (if not -1) is g(x)."""
+        check_parameters(alpha=alpha, n=n)
+        counts = self.sample_counts(x, n, self.generator(x, seed))
+        top2 = counts.argsort()[::-1][:2]
+        n_a = int(counts[top2[0]])
+        n_b = int(counts[top2[1]]) if len(top2) > 1 else 0  # one class: its runner-up has no votes
+        p_value = float(binomtest(n_a, n_a + n_b, 0.5).pvalue) if n_a + n_b else 1.0
+        return Prediction(int(top2[0]) if p_value <= alpha else ABSTAIN, n_a, n_b, p_value)
+
+    def sample_counts(self, x: torch.Tensor, num: int, generator: torch.Generator,
+                      progress: Callable[[int], None] | None = None,
+                      heads: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None) -> np.ndarray:
+        """Class counts over `num` draws of x + δ (x is one CHW image): shape [classes] for the base
+        classifier, or [heads × classes] when each of `heads` classifies `self.shared(batch)` of the same draws."""
+        single = heads is None
+        heads = [self._forward] if single else heads  # one head: the whole base, prepared as one function
+        counts = torch.zeros(len(heads), self.num_classes, dtype=torch.long, device=x.device)
+        with torch.inference_mode(), self.acceleration.autocast(x.device):
+            for batch in self.noisy_batches(x, num, generator):
+                features = batch if single else self.shared(batch)  # computed once for all heads
+                for k, head in enumerate(heads):
+                    counts[k] += torch.bincount(head(features).argmax(1), minlength=self.num_classes)
+                if progress is not None:
+                    progress(len(batch))
+        counts = counts.cpu().numpy()
+        return counts[0] if single else counts
+
+    def shared(self, noisy: torch.Tensor) -> torch.Tensor:
+        """The part of the base that several heads share (none here: they classify the noisy batch)."""
+        return noisy
+
+    def noisy_batches(self, x: torch.Tensor, num: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        """`num` draws of x + δ in batches of at most `batch_size`."""
+        for start in range(0, num, self.batch_size):
+            b = min(self.batch_size, num - start)
+            batch = torch.randn((b, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
+            yield batch.mul_(self.sigma).add_(x)
+
+    @staticmethod
+    def generator(x: torch.Tensor, seed: int) -> torch.Generator:
+        return torch.Generator(device=x.device).manual_seed(seed)
+
+
+class DenoisedSmoothing(Smooth):
+    """Smoothing around f = classifier ∘ denoiser (Salman et al. 2020; Carlini et al. 2023)."""
+
+    def __init__(self, denoiser: torch.nn.Module, classifier: torch.nn.Module, sigma: float,
+                 batch_size: int = 256, mode: str = "one-shot", acceleration: Acceleration | None = None,
+                 **denoise_kwargs):
+        self.denoiser, self.classifier = denoiser, classifier
+        self.mode, self.denoise_kwargs = mode, denoise_kwargs
+        self._stream: torch.Generator | None = None  # the generator of the draws being sampled
+        self._prepared_fns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        super().__init__(self.classify_noisy, classifier.num_classes, sigma, batch_size, acceleration,
+                         (denoiser, classifier))
+        denoiser.timestep(sigma)  # fail now if σ is beyond the scheduler's range
+
+    def denoise(self, noisy: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x̂ from x + δ. Multistep denoising draws noise of its own: from `generator` if given, else from the
+        stream of the image being sampled (so its rows repeat), else from torch's global generator."""
+        kwargs = self.denoise_kwargs
+        if self.mode == "multistep":
+            kwargs = {**kwargs, "generator": generator or self._stream}
+        return self.denoiser(noisy, self.sigma, mode=self.mode, **kwargs)
+
+    def sample_counts(self, x: torch.Tensor, num: int, generator: torch.Generator,
+                      progress: Callable[[int], None] | None = None,
+                      heads: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None) -> np.ndarray:
+        """As `Smooth.sample_counts`; multistep denoising draws from the same stream as the noise (the image's
+        seed), after each batch's noise, so a run repeats row for row."""
+        self._stream = generator
+        try:
+            return super().sample_counts(x, num, generator, progress, heads)
+        finally:
+            self._stream = None
+
+    def classify_noisy(self, noisy: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.denoise(noisy))
+
+    def certify_classifiers(self, x: torch.Tensor, classifiers: Sequence[torch.nn.Module], n0: int, n: int,
+                            alpha: float, seed: int = 0, progress: Callable[[int], None] | None = None
+                            ) -> list[Certificate]:
+        """CERTIFY classifier_k ∘ denoiser for every k on the same draws, denoising each draw once.
+        Certificate k is the one `certify` gives with classifier_k and this seed (common random
+        numbers, so methods compare paired), at the cost of one denoising for all of them."""
+        check_parameters(alpha=alpha, n0=n0, n=n)
+        heads = self.heads(classifiers)
+        gen = self.generator(x, seed)
+        selection = self.sample_counts(x, n0, gen, progress, heads)
+        estimation = self.sample_counts(x, n, gen, progress, heads)
+        return [decide(s, e, alpha, self.sigma) for s, e in zip(selection, estimation)]
+
+    def heads(self, classifiers: Sequence[torch.nn.Module]) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """The classifiers as heads over `shared` (the denoised batch), each prepared once."""
+        return [self._prepared(c, (c,)) for c in classifiers]
+
+    def shared(self, noisy: torch.Tensor) -> torch.Tensor:
+        """The denoised batch: classifiers behind this denoiser share it."""
+        return self._prepared(self.denoiser, (self.denoiser,), self.denoise)(noisy)
+
+    def _prepared(self, key: torch.nn.Module, modules: tuple[torch.nn.Module, ...],
+                  fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`fn` (default: `key` itself) with the acceleration levers, prepared once per module."""
+        if key not in self._prepared_fns:
+            self._prepared_fns[key] = self.acceleration.prepare(fn or key, modules)
+        return self._prepared_fns[key]

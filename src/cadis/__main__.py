@@ -1,0 +1,3 @@
+from cadis.cli import main
+
+raise SystemExit(main())

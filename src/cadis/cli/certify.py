@@ -1,0 +1,160 @@
+"""`cadis certify`: certify a dataset with denoised smoothing into a resumable TSV."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from cadis.cli import checks
+
+    p = sub.add_parser("certify", help="certify a dataset with denoised smoothing (resumable TSV)")
+    p.add_argument("--preset", help="a named bundle of dataset and models (fashion-mnist, cifar10)")
+    p.add_argument("--denoiser", help="diffusers directory or hub id")
+    p.add_argument("--classifier", help="timm name, local-dir:PATH, hf:ID or a directory")
+    p.add_argument("--dataset", help="fashion-mnist, cifar10 or an ImageFolder directory")
+    p.add_argument("--data-root", help="where the dataset lives (default: the usual places)")
+    p.add_argument("--download", action="store_true", help="download the dataset if missing (online)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--sigma", type=checks.real(0, lo_open=True, hint="try 0.25 or 0.5"),
+                   help="noise level in [0,1] pixel units (default: the preset's)")
+    p.add_argument("--n0", type=checks.integer(1, hint="100 is usual"),
+                   help="draws to choose the class (default: the preset's, else 100)")
+    p.add_argument("--n", type=checks.integer(1, hint="10000 or more is usual"),
+                   help="draws to estimate p_A (default: the preset's, else 10000)")
+    p.add_argument("--alpha", type=checks.real(0, 0.5, True, True, "0.001 is usual"), default=0.001,
+                   help="failure probability")
+    p.add_argument("--batch-size", type=checks.batch_size,
+                   help="draws per forward pass, or 'auto': the largest that fits in GPU memory")
+    p.add_argument("--max", type=checks.integer(1), default=None, help="stop before this index")
+    p.add_argument("--skip", type=checks.integer(1), default=1, help="certify every S-th image")
+    p.add_argument("--shard", type=checks.shard, default=(0, 1),
+                   help="I/K: this process takes every K-th selected image from I")
+    p.add_argument("--mode", default="one-shot", choices=["one-shot", "multistep"])
+    p.add_argument("--steps", type=checks.integer(1), default=10, help="reverse steps in multistep mode")
+    p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
+    p.add_argument("--seed", type=checks.seed, default=0)
+    p.add_argument("--label", help="name of this run in analyze's tables (default: the file name)")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    _acceleration_args(p)
+    p.add_argument("--adaptive", action="store_true",
+                   help="stop sampling an image once more draws are projected not to change its row (the "
+                        "certificate stays sound at level alpha; docs/adaptive.md)")
+    p.add_argument("--tolerance", type=checks.real(0, hint="e.g. 0.025 at sigma=0.25"), default=None,
+                   help="adaptive, without --radii: stop when the radius is this close to the full budget's best "
+                        "(default sigma/10)")
+    p.add_argument("--radii", type=checks.reals(0, allow_empty=True, hint="e.g. 0.25,0.5"), default=(),
+                   help="adaptive: comma-separated radii of interest; stop once none of them can still be crossed")
+    p.add_argument("--out", type=checks.results_file, required=True,
+                   help="result TSV (a sidecar .json gets the configuration); locked while a run writes it")
+    p.add_argument("--fresh", action="store_true", help="overwrite an existing result file")
+
+
+def _acceleration_args(p: argparse.ArgumentParser) -> None:
+    from cadis.acceleration import PRECISIONS
+
+    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
+                   help="autocast precision of the base classifier (auto: bf16 on GPUs, fp32 on CPUs)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the denoiser and classifier (cached)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+
+
+def _acceleration(args: argparse.Namespace):
+    from cadis.acceleration import Acceleration, default_acceleration
+
+    precision = default_acceleration(args.device).precision if args.precision == "auto" else args.precision
+    return Acceleration(precision, args.channels_last, args.compile)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from cadis.certification.adaptive import AdaptiveSettings, default_tolerance
+    from cadis.certification.runner import (
+        CertifyConfig,
+        certify_dataset,
+        check_output,
+        check_selection,
+        merge_shards,
+        shard_path,
+    )
+    from cadis.certification.smoothing import DenoisedSmoothing, check_parameters
+    from cadis.cli import checks
+    from cadis.data import load_dataset
+    from cadis.models.denoiser import DiffusionDenoiser
+    from cadis.models.loading import load_classifier
+    from cadis.models.presets import SEARCH_ROOTS, resolve_models
+
+    # Everything the flags and the preset decide is checked before any data, model or file is touched.
+    checks.device(args.device)
+    preset = resolve_models(args.preset, args.denoiser, args.classifier, args.dataset)
+    denoiser_spec, classifier_spec, dataset_name = preset.denoiser, preset.classifier, preset.dataset
+    sigma = args.sigma if args.sigma is not None else (preset.sigma if preset else 0.25)
+    n0 = args.n0 if args.n0 is not None else (preset.n0 if preset else 100)
+    n = args.n if args.n is not None else (preset.n if preset else 10000)
+    batch_size = args.batch_size if args.batch_size is not None else (preset.batch_size if preset else 256)
+    batch_size = None if batch_size == "auto" else batch_size  # None: fit to GPU memory once the models load
+    check_parameters(sigma=sigma, alpha=args.alpha, n0=n0, n=n)
+    shard = args.shard
+    from cadis.distributed import barrier, launched, process_group
+
+    rank, world, local_rank = launched()
+    if world > 1:  # under torchrun each rank takes its shard; rank 0 merges at the end
+        shard = (rank, world)
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{local_rank}"
+    check_selection(args.skip, shard)
+    radii = args.radii
+    adaptive = None
+    if args.adaptive:
+        adaptive = AdaptiveSettings(default_tolerance(sigma) if args.tolerance is None else args.tolerance,
+                                    tuple(radii))
+    out = shard_path(Path(args.out), shard)
+    check_output(out)
+    dataset = load_dataset(dataset_name, args.split, args.data_root, args.download)
+    if not preset.custom:
+        preset.check_available()
+    acceleration = _acceleration(args)
+    denoiser = DiffusionDenoiser.from_pretrained(denoiser_spec, args.device)
+    classifier = load_classifier(classifier_spec, args.device, SEARCH_ROOTS)
+    kwargs = {"steps": args.steps, "sampler": args.sampler} if args.mode == "multistep" else {}
+    smooth = DenoisedSmoothing(denoiser, classifier, sigma, batch_size or 1, args.mode, acceleration, **kwargs)
+    if batch_size is None:
+        batch_size = smooth.batch_size = _fit_batch_size(smooth, dataset[0][0].to(args.device))
+    config = CertifyConfig(denoiser=str(denoiser_spec), classifier=str(classifier_spec), dataset=dataset_name,
+                           split=args.split, sigma=sigma, n0=n0, n=n, alpha=args.alpha, seed=args.seed,
+                           batch_size=batch_size, mode=args.mode, steps=args.steps, sampler=args.sampler,
+                           acceleration=acceleration, adaptive=adaptive, skip=args.skip, max_index=args.max,
+                           shard=shard, preset=args.preset, label=args.label, device=args.device)
+    certify_dataset(smooth, dataset, out, config, args.fresh)
+    if world > 1:
+        with process_group(cpu_only=True):  # only to wait for every shard before merging
+            barrier()
+            if shard[0] == 0:
+                out = merge_shards(Path(args.out), world)
+    print(f"wrote {out}")
+
+
+def _fit_batch_size(smooth, x, start: int = 4096) -> int:
+    """On a GPU, the largest power-of-two batch ≤ start that fits; CPUs are bound by compute, not memory."""
+    import torch
+
+    from cadis.acceleration import largest_batch
+
+    if x.device.type != "cuda":
+        print("--batch-size auto: on the CPU memory is not the limit; using 256")
+        return 256
+
+    def trial(b: int) -> None:
+        smooth.batch_size = b
+        smooth.sample_counts(x, b, torch.Generator(x.device).manual_seed(0))
+
+    b = largest_batch(trial, start)
+    print(f"--batch-size auto: {b} draws per forward pass fit in GPU memory")
+    return b
