@@ -26,27 +26,35 @@ def verdict_table(results: dict[str, pd.DataFrame], recipe: str = VERDICT_RECIPE
     by_run = runs_by_sigma(results)
     pairs = (("ft-cadis", "none"), ("ft-cadis", "denoised-ce"), ("denoised-ce", "none"))
     rows, done = {}, []
-    for sigma in sorted({sigma for _, sigma in by_run if sigma is not None}):
-        if not all((run, sigma) in by_run for run in names.values()):
-            continue
+    sigmas = [s for s in sorted({s for _, s in by_run if s is not None})
+              if all((run, s) in by_run for run in names.values())]
+    tests_by_sigma = {}
+    for sigma in sigmas:
         runs = {method: by_run[run, sigma] for method, run in names.items()}
         live = [r for r in radii if any(certified(df, r).any() for df in runs.values())]
-        tests = {pair: paired_comparison(runs[pair[0]], runs[pair[1]], live) for pair in pairs}
+        tests_by_sigma[sigma] = {pair: paired_comparison(runs[pair[0]], runs[pair[1]], live) for pair in pairs}
+    family = holm(tests_by_sigma)  # every per-σ test of the table is one family
+    for sigma in sigmas:
+        tests = tests_by_sigma[sigma]
+        for pair, t in tests.items():
+            t["p_holm"] = family.loc[(sigma, *pair)].set_index("radius")["p_holm"].reindex(t.index).to_numpy()
         diff = pd.DataFrame({pair: t["difference"] for pair, t in tests.items()})
-        reversed_ = pd.DataFrame({pair: (t["difference"] < 0) & (t["p_value"] < level) for pair, t in tests.items()})
+        reversed_ = pd.DataFrame({pair: (t["difference"] < 0) & (t["p_holm"] < level) for pair, t in tests.items()})
         row = {}
         for pair, t in tests.items():
             worst = t["difference"].idxmin()
             row[f"{pair[0]} vs {pair[1]}: worst"] = (f"{100 * t.at[worst, 'difference']:+.1f} at {worst} "
-                                                    f"(p={t.at[worst, 'p_value']:.2g})")
+                                                    f"(p={t.at[worst, 'p_value']:.2g}, "
+                                                    f"Holm {t.at[worst, 'p_holm']:.2g})")
         holds = diff[[("ft-cadis", "denoised-ce"), ("denoised-ce", "none")]].ge(0).all(axis=1)
         row["ordering holds at r="] = _radii(holds)
-        row[f"a step reversed (p<{level:g}) at r="] = _radii(reversed_.any(axis=1)) or "nowhere"
+        row[f"a step reversed (Holm p<{level:g}) at r="] = _radii(reversed_.any(axis=1)) or "nowhere"
         at = tests["ft-cadis", "none"].loc[f"r={sigma:g}"]
-        row["ft-cadis vs none at r=σ"] = f"{100 * at['difference']:+.1f} (p={at['p_value']:.2g})"
+        row["ft-cadis vs none at r=σ"] = (f"{100 * at['difference']:+.1f} (p={at['p_value']:.2g}, "
+                                         f"Holm {at['p_holm']:.2g})")
         below = -min(diff[("ft-cadis", "none")].min(), diff[("ft-cadis", "denoised-ce")].min())
         misses = [f"{100 * below:.1f} points below at worst"] if below > TOLERANCE + 1e-9 else []
-        if not (at["difference"] > 0 and at["p_value"] < level):
+        if not (at["difference"] > 0 and at["p_holm"] < level):
             misses.append("not clearly ahead of none at r=σ")
         row["target"] = "missed: " + ", ".join(misses) if misses else "met"
         rows[f"σ={sigma:g} ({recipe})"] = row
@@ -66,12 +74,27 @@ def verdict_table(results: dict[str, pd.DataFrame], recipe: str = VERDICT_RECIPE
         rows[f"envelope ({recipe}, best σ)"] = row
     table = pd.DataFrame.from_dict(rows, orient="index").fillna("")
     table.index.name = "where"
+    table.attrs["tests"] = family.reset_index()
     table.attrs["produced_by"] = {  # what every row stands on: the runs, their σ, N and α
-        "recipe": recipe, "tolerance": TOLERANCE, "level": level, "test": "exact McNemar, per σ",
+        "recipe": recipe, "tolerance": TOLERANCE, "level": level,
+        "test": f"exact McNemar, per σ; Holm's correction over the family of all {len(family)} tests in the table",
         "runs": [{"run": run_name(df)} | {key: in_repository(df.attrs["config"].get(key))
                                           for key in ("sigma", "classifier", "denoiser", "n0", "n", "alpha", "seed")}
                  | {"images": len(df)} for df in chosen.values()]}
     return table
+
+
+def holm(tests_by_sigma: dict[float, dict[tuple[str, str], pd.DataFrame]]) -> pd.DataFrame:
+    """Every paired test (σ, first, second, radius) with its raw p-value and Holm's adjusted one over all of them."""
+    from statsmodels.stats.multitest import multipletests
+
+    rows = [{"sigma": sigma, "first": a, "second": b, "radius": radius, "difference": t.at[radius, "difference"],
+             "a_only": t.at[radius, "a_only"], "b_only": t.at[radius, "b_only"], "p_value": t.at[radius, "p_value"]}
+            for sigma, tests in tests_by_sigma.items() for (a, b), t in tests.items() for radius in t.index]
+    family = pd.DataFrame(rows, columns=["sigma", "first", "second", "radius", "difference", "a_only", "b_only",
+                                         "p_value"])
+    family["p_holm"] = multipletests(family["p_value"], method="holm")[1] if len(family) else []
+    return family.set_index(["sigma", "first", "second"])
 
 
 def _radii(mask: pd.Series) -> str:

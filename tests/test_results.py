@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -143,7 +144,7 @@ def test_the_verdict_checks_the_papers_ordering_and_the_target_per_sigma():
     row = table.loc["σ=0.5 (authors-lora)"]
     assert row["target"] == "met" and row["ordering holds at r="] == "0, 0.5"  # r=1: nobody certifies, left out
     assert row["ft-cadis vs none at r=σ"].startswith("+20.0 (p=")
-    assert row["a step reversed (p<0.05) at r="] == "nowhere"
+    assert row["a step reversed (Holm p<0.05) at r="] == "nowhere"
     # ft-cadis 3 points below denoised-ce at r=0 (72 against 69): missed, by how much
     runs["f"] = _run("ft-cadis.authors-lora", 0.5, [0.6] * 69 + [-1] * 31)
     row = results.verdict_table(runs, radii=(0.0, 0.5)).loc["σ=0.5 (authors-lora)"]
@@ -191,3 +192,38 @@ def test_the_report_writes_the_verdict_with_what_produced_it(tmp_path, monkeypat
 
     side = json.loads((tmp_path / "verdict.json").read_text())
     assert side["runs"][0]["classifier"] == "local-dir:src/cadis/assets/x"  # the same path on every checkout
+
+
+def test_every_shipped_certificate_is_at_or_below_the_exact_clopper_pearson_bound_of_its_counts():
+    """No shipped row claims more than its counts certify at the run's α (adaptive looks certify at smaller levels,
+    so their bound at α is an upper bound too)."""
+    from scipy.stats import beta, norm
+
+    files = sorted(results.RESULTS.rglob("*.tsv"))
+    assert len(files) >= 25
+    for path in files:
+        df = pd.read_csv(path, sep="\t")
+        kept = df[df["predict"] >= 0]
+        p_exact = beta.ppf(kept["alpha"], kept["count_a"], kept["n"] - kept["count_a"] + 1)
+        bound = kept["sigma"] * norm.ppf(p_exact)
+        assert (kept["radius"] <= bound + 1e-12).all(), path.name
+        assert (kept["p_a_lower"] <= p_exact + 1e-12).all(), path.name
+
+
+def test_the_verdict_adjusts_every_p_value_with_holm_over_its_family():
+    from statsmodels.stats.multitest import multipletests
+
+    from experiments.verdict import holm
+
+    rng = np.random.default_rng(0)
+    tables = {sigma: {pair: pd.DataFrame({"difference": [0.01, -0.02], "a_only": [3, 1], "b_only": [1, 3],
+                                          "p_value": rng.uniform(0, 0.1, 2)}, index=["r=0", "r=0.5"])
+                      for pair in (("a", "b"), ("a", "c"))} for sigma in (0.25, 0.5)}
+    family = holm(tables)
+    assert len(family) == 8
+    raw = family["p_value"].to_numpy()
+    assert np.allclose(family["p_holm"], multipletests(raw, method="holm")[1])
+    assert (family["p_holm"] >= family["p_value"]).all() and family["p_holm"].max() <= 1
+    shipped = pd.read_csv(results.RESULTS / "verdict_tests.csv")
+    assert {"p_value", "p_holm"} <= set(shipped.columns)
+    assert np.allclose(shipped["p_holm"], multipletests(shipped["p_value"], method="holm")[1])
