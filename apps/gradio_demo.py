@@ -4,8 +4,8 @@
 Run locally: `HF_HUB_OFFLINE=1 python gradio_app.py` (http://127.0.0.1:7860). From Python:
 `gradio_client.Client(url).predict("Test image", None, 0, None, 0.25, 1000, 0.001, api_name="/certify")`.
 Models: the preset in $CADIS_PRESET (default fashion-mnist), or $CADIS_DENOISER / $CADIS_CLASSIFIER.
-Hosting mode ($CADIS_HOSTED=1, or on a Hugging Face Space, which sets $SPACE_ID) caps N at $CADIS_MAX_N
-(default 10,000); the local default cap is 100,000.
+Hosting mode ($CADIS_HOSTED=1, or on a Hugging Face Space, which sets $SPACE_ID) caps N as the Streamlit app does
+(apps.ui.hosting: 5,000 hosted, 100,000 locally; $CADIS_MAX_N sets it either way).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from gradio_client import utils as client_utils
 from PIL import Image
 
 from apps.ui.certification import certify_one, top_counts
+from apps.ui.hosting import HOSTED_LIMITS, LOCAL_LIMITS, hosted, max_n
 from apps.ui.models import ModelBundle, is_custom, load_bundle, model_source
 from apps.ui.pictures import to_uint8
 from apps.ui.uploads import check_run_parameters
@@ -39,31 +40,11 @@ from cadis.models.presets import Preset
 GALLERY_DRAWS = 16
 TEST_IMAGE, UPLOAD = "Test image", "Upload"
 SOURCES = (TEST_IMAGE, UPLOAD)
-LOCAL_MAX_N, HOSTED_MAX_N = 100_000, 10_000
+LOCAL_MAX_N, HOSTED_MAX_N = LOCAL_LIMITS.n, HOSTED_LIMITS.n  # the apps' one cap (apps.ui.hosting)
 QUEUE_SIZE = 32  # visitors waiting beyond this are told the queue is full instead of waiting for minutes
 # Gradio's upload cache: every 10 minutes, delete what this app stored more than 30 minutes ago (uploads and
 # outputs; the example images are kept). Everything it stored goes when the server stops.
 DELETE_CACHE = (600, 1800)
-
-
-def hosted() -> bool:
-    """Whether the demo serves the public: $CADIS_HOSTED=1, or a Hugging Face Space ($SPACE_ID is set)."""
-    flag = os.environ.get("CADIS_HOSTED", "").strip().lower()
-    return flag in ("1", "true", "yes") or (flag == "" and bool(os.environ.get("SPACE_ID")))
-
-
-def max_n() -> int:
-    """The largest N a request may ask for: $CADIS_MAX_N, else 10,000 when hosted and 100,000 locally."""
-    value = os.environ.get("CADIS_MAX_N")
-    if value:
-        try:
-            cap = int(value)
-        except ValueError:
-            raise CadisError(f"CADIS_MAX_N must be a whole number of draws (got {value!r}).") from None
-        if cap < 1:
-            raise CadisError(f"CADIS_MAX_N must be >= 1 (got {cap}).")
-        return cap
-    return HOSTED_MAX_N if hosted() else LOCAL_MAX_N
 
 
 @dataclass(frozen=True)

@@ -694,11 +694,11 @@ def test_hosting_caps(monkeypatch):
     monkeypatch.delenv("CADIS_HOSTED", raising=False)
     check_limits(n=100_000, images=64, steps=50_000, subset=0)  # the local app keeps full power
     monkeypatch.setenv("CADIS_HOSTED", "1")
-    for values, message in [({"n": 5000}, "N is capped at 2000"), ({"images": 9}, "capped at 8"),
+    for values, message in [({"n": 5001}, "N is capped at 5000"), ({"images": 9}, "capped at 8"),
                             ({"steps": 1000}, "steps is capped"), ({"subset": 0}, "got all")]:
         with pytest.raises(CadisError, match=message):
             check_limits(**values)
-    check_limits(n=2000, images=8, steps=300, subset=2000)
+    check_limits(n=5000, images=8, steps=300, subset=2000)
 
 
 def test_one_colour_per_classifier_or_method():

@@ -14,7 +14,7 @@ import re
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from apps.ui.models import runs_dir
@@ -42,19 +42,38 @@ class Limits:
     eval_size: int  # test images per fine-tuning evaluation
 
 
-LOCAL_LIMITS = Limits(n=1_000_000, images=64, draws=32, steps=100_000, batch=512, subset=100_000, eval_size=5000)
-HOSTED_LIMITS = Limits(n=2000, images=8, draws=16, steps=300, batch=32, subset=2000, eval_size=200)
+# One set of caps for both apps (Streamlit and the Gradio demo); $CADIS_MAX_N replaces the cap on N in either mode.
+LOCAL_LIMITS = Limits(n=100_000, images=64, draws=32, steps=100_000, batch=512, subset=100_000, eval_size=5000)
+HOSTED_LIMITS = Limits(n=5000, images=8, draws=16, steps=300, batch=32, subset=2000, eval_size=200)
 NAMES = {"n": "N", "images": "the number of images", "draws": "the number of draws", "steps": "the number of steps",
          "batch": "the batch size", "subset": "the training subset", "eval_size": "the test images per evaluation"}
 
 
 def hosted() -> bool:
-    """Whether this server is shared by visitors ($CADIS_HOSTED is 1, true, yes or on)."""
-    return os.environ.get(HOSTED_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    """Whether this server is shared by visitors: $CADIS_HOSTED is 1, true, yes or on, or it is unset on a Hugging
+    Face Space (which sets $SPACE_ID)."""
+    flag = os.environ.get(HOSTED_ENV, "").strip().lower()
+    return flag in {"1", "true", "yes", "on"} or (flag == "" and bool(os.environ.get("SPACE_ID")))
 
 
 def limits() -> Limits:
-    return HOSTED_LIMITS if hosted() else LOCAL_LIMITS
+    """The caps of this server: hosted or local, with $CADIS_MAX_N (if set) as the cap on N."""
+    lim = HOSTED_LIMITS if hosted() else LOCAL_LIMITS
+    value = os.environ.get("CADIS_MAX_N")
+    if not value:
+        return lim
+    try:
+        cap = int(value)
+    except ValueError:
+        raise CadisError(f"CADIS_MAX_N must be a whole number of draws (got {value!r}).") from None
+    if cap < 1:
+        raise CadisError(f"CADIS_MAX_N must be >= 1 (got {cap}).")
+    return replace(lim, n=cap)
+
+
+def max_n() -> int:
+    """The largest N a certification may ask for here."""
+    return limits().n
 
 
 def check_limits(**values: int | None) -> None:
