@@ -34,6 +34,7 @@ from cadis.certification.adaptive import AdaptiveSettings, certify_adaptive, cer
 from cadis.certification.smoothing import Certificate, DenoisedSmoothing, Smooth, check_parameters
 from cadis.data import ImageDataset
 from cadis.errors import CadisError
+from cadis.files import write_atomic
 from cadis.seeds import derive_seed
 
 COLUMNS = ["idx", "label", "predict", "radius", "correct", "time", "count_a", "n", "p_a_lower", "sigma", "alpha"]
@@ -162,20 +163,6 @@ def format_row(idx: int, label: int, cert: Certificate, seconds: float, sigma: f
     row = [idx, label, cert.prediction, floor_decimals(cert.radius, 4), int(cert.prediction == label),
            f"{seconds:.3f}", cert.count_a, cert.n, floor_decimals(cert.p_a_lower, 6), sigma, alpha]
     return "\t".join(map(str, row)) + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` by `text` so that a reader (or a resume after a kill) sees the old or the new content,
-    never a mix: a temporary file in the same folder, synced, then renamed over it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise CadisError(f"Cannot write {path}: {e.strerror or e}; choose another --out or free some space.") from e
 
 
 def file_problem(path: str | os.PathLike) -> str | None:

@@ -37,10 +37,10 @@ from huggingface_hub import constants as hub_constants
 from peft import PeftModel
 
 from cadis.errors import CadisError
+from cadis.files import write_atomic
 from cadis.models.classifier import ImageClassifier
 from cadis.models.lora import SplitQKV, fuse_qkv, is_lora, merged_classifier, needs_split, split_qkv
 from cadis.models.model_files import RESTORE, check_finite, check_safetensors, first_line, read_json_object
-from cadis.training.checkpoint import write_atomic
 
 Source = Literal["timm", "hf-hub", "hf", "local-dir", "directory", "adapter"]
 PREFIXES: dict[str, str] = {"hf-hub": "hf-hub:", "hf": "hf:", "local-dir": "local-dir:"}

@@ -21,24 +21,6 @@ from safetensors.torch import load_file, save_file
 from cadis.errors import CadisError
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write `path` so that a reader (or a process resuming after a kill) sees the old content or the new, never
-    a truncated one: the data goes to a temporary sibling, is flushed to disk and renamed over `path`."""
-    path = Path(path)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed before its rename
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_checkpoint(directory: str | os.PathLike, models: dict[str, torch.nn.Module],
                     optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:
     """Atomically write `{name}.safetensors` per model, `optimizer.pt` and `state.json`."""

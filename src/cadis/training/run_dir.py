@@ -26,10 +26,11 @@ from typing import Any
 import torch
 
 from cadis.errors import CadisError
+from cadis.files import write_atomic
 from cadis.models.classifier import ImageClassifier
 from cadis.models.loading import check_finite, save_classifier
 from cadis.models.presets import SEARCH_ROOTS
-from cadis.training.checkpoint import load_checkpoint, save_checkpoint, write_atomic
+from cadis.training.checkpoint import load_checkpoint, save_checkpoint
 from cadis.training.finetune_config import FinetuneConfig
 
 STEP_FIELDS = ["loss", "loss_sce", "loss_madv", "selection_rate", "mask_rate", "acc_denoised", "warm_start_rate"]
