@@ -1,3 +1,0 @@
-from cadis.cli import main
-
-raise SystemExit(main())
