@@ -1,18 +1,23 @@
 """Bad input to fine-tuning, model loading and data, through the real command line (`cadis`).
 
 Each row is one bad input: the command must exit non-zero with a one-line `error: ...` on stderr, no traceback,
-and must not have written its output (the finetune --out directory, the certify --out file). The rows run
-as subprocesses, a few at a time, once per session; each case is then its own test. The summary test prints
-the counts (tried, clean errors, tracebacks).
+and must not have written its output (the finetune --out directory, the certify --out file). Each case is its
+own test and runs once per session; the summary test prints the counts (tried, clean errors, tracebacks).
+
+The cases run in this process (`cadis.cli.main`, stderr captured at the file-descriptor level, with warnings
+logged to the root logger printed there as a fresh interpreter would print them); CADIS_BAD_INPUT_SUBPROCESS=1
+runs each as `python -m cadis` instead, a few at a time.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +26,12 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
+from cadis.cli import main
+from cadis.data import ASSETS
+
 from conftest import ROOT
 
-MODELS = ROOT / "assets" / "models"
+MODELS = ASSETS  # the embedded models (package data)
 VIT, DDPM = MODELS / "fmnist-vit", MODELS / "fmnist-ddpm"
 ADAPTER = MODELS / "finetuned" / "denoised-ce-s0.25"
 
@@ -204,22 +212,74 @@ def _fill(arg: str, tmp: Path, out: Path) -> str:
     return arg.replace("{tmp}", str(tmp)).replace("{out}", str(out))
 
 
-def _run(case: Case, index: int, tmp: Path) -> Outcome:
-    suffix = "tsv" if case.argv[0] == "certify" else "d"
-    out = tmp / f"out{index}.{suffix}"
+SUBPROCESS = os.environ.get("CADIS_BAD_INPUT_SUBPROCESS") == "1"
+
+
+def _out(case: Case, index: int, tmp: Path) -> Path:
+    return tmp / f"out{index}.{'tsv' if case.argv[0] == 'certify' else 'd'}"
+
+
+def _run_subprocess(case: Case, index: int, tmp: Path) -> Outcome:
+    out = _out(case, index, tmp)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "-m", "cadis", *(_fill(a, tmp, out) for a in case.argv)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     return Outcome(proc.returncode, proc.stderr, out.exists())
 
 
+def _main_in_process(argv: list[str], capfd) -> tuple[int, str]:
+    """Exit status and stderr of `cadis ARGV` run by cadis.cli.main here; an exception escaping main() is a
+    traceback. A fresh interpreter prints warnings logged without a handler on stderr (logging's last resort);
+    under pytest the root logger has pytest's handlers, so a handler of the same level and format stands in."""
+    stand_in = logging.StreamHandler(sys.stderr)
+    stand_in.setLevel(logging.WARNING)
+    capfd.readouterr()
+    logging.getLogger().addHandler(stand_in)
+    try:
+        code = main(argv)
+    except BaseException:  # noqa: BLE001  what escapes main() is what a user would see as a traceback
+        code = 1
+        sys.stderr.write(traceback.format_exc())
+    finally:
+        logging.getLogger().removeHandler(stand_in)
+    return code, capfd.readouterr().err
+
+
+def _run_in_process(case: Case, index: int, tmp: Path, capfd) -> Outcome:
+    out = _out(case, index, tmp)
+    code, err = _main_in_process([_fill(a, tmp, out) for a in case.argv], capfd)
+    return Outcome(code, err, out.exists())
+
+
+@dataclass
+class Table:
+    tmp: Path  # the broken models, images and folders the cases name
+    outcomes: dict[str, Outcome]  # filled as the cases run, once each
+
+
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory) -> dict[str, Outcome]:
+def table(tmp_path_factory) -> Table:
     tmp = tmp_path_factory.mktemp("bad-input")
     make_broken_models(tmp)
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        results = pool.map(lambda ic: _run(ic[1], ic[0], tmp), enumerate(CASES))
-        return {case.name: outcome for case, outcome in zip(CASES, results)}
+    return Table(tmp, {})
+
+
+@pytest.fixture
+def outcome(table, capfd, monkeypatch):
+    """outcome(case): what `cadis` did with the case (run on first use, from the repository root as before)."""
+    monkeypatch.chdir(ROOT)
+
+    def get(case: Case) -> Outcome:
+        if case.name not in table.outcomes:
+            if SUBPROCESS:  # all rows at once, a few processes at a time
+                todo = [(i, c) for i, c in enumerate(CASES) if c.name not in table.outcomes]
+                with ThreadPoolExecutor(max_workers=3) as pool:
+                    results = pool.map(lambda ic: _run_subprocess(ic[1], ic[0], table.tmp), todo)
+                    table.outcomes.update({c.name: o for (_, c), o in zip(todo, results)})
+            else:
+                table.outcomes[case.name] = _run_in_process(case, CASES.index(case), table.tmp, capfd)
+        return table.outcomes[case.name]
+    return get
 
 
 def _lines(stderr: str) -> list[str]:
@@ -227,8 +287,8 @@ def _lines(stderr: str) -> list[str]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_is_one_clean_line(case, outcomes):
-    o = outcomes[case.name]
+def test_bad_input_is_one_clean_line(case, outcome):
+    o = outcome(case)
     assert "Traceback" not in o.stderr, o.stderr[-3000:]
     assert o.returncode != 0
     lines = _lines(o.stderr)
@@ -238,17 +298,18 @@ def test_bad_input_is_one_clean_line(case, outcomes):
         assert not o.wrote, "the output was written although the input was refused"
 
 
-def test_summary(outcomes, capsys):
+def test_summary(outcome, capfd):
+    outcomes = {case.name: outcome(case) for case in CASES}  # run already, unless selected alone
     tried = len(outcomes)
     tracebacks = sum("Traceback" in o.stderr for o in outcomes.values())
     clean = sum(o.returncode != 0 and len(_lines(o.stderr)) == 1 and _lines(o.stderr)[0].startswith("error: ")
                 for o in outcomes.values())
-    with capsys.disabled():
+    with capfd.disabled():
         print(f"\nbad inputs tried: {tried}, clean errors: {clean}, tracebacks: {tracebacks}")
     assert clean == tried and tracebacks == 0
 
 
-def test_a_folder_of_rgb_images_of_mixed_sizes_fine_tunes_and_config_json_says_how(tmp_path):
+def test_a_folder_of_rgb_images_of_mixed_sizes_fine_tunes_and_config_json_says_how(tmp_path, capfd, monkeypatch):
     """The positive side of the table: a user's own images are brought to the models' input."""
     from PIL import Image
 
@@ -267,12 +328,11 @@ def test_a_folder_of_rgb_images_of_mixed_sizes_fine_tunes_and_config_json_says_h
     tensors["head.weight"], tensors["head.bias"] = tensors["head.weight"][:2].clone(), tensors["head.bias"][:2].clone()
     save_file(tensors, classifier / "model.safetensors", metadata={"format": "pt"})
     out = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "cadis", "finetune", "--denoiser", str(DDPM), "--classifier",
-                           f"local-dir:{classifier}", "--dataset", str(tmp_path / "imgs"), "--method", "sce-only",
-                           "--steps", "2", "--batch-size", "4", "--eval-size", "4", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.chdir(ROOT)
+    code, err = _main_in_process(["finetune", "--denoiser", str(DDPM), "--classifier", f"local-dir:{classifier}",
+                                  "--dataset", str(tmp_path / "imgs"), "--method", "sce-only", "--steps", "2",
+                                  "--batch-size", "4", "--eval-size", "4", "--out", str(out)], capfd)
+    assert code == 0, err[-3000:]
     note = json.loads((out / "config.json").read_text())["images"]
     assert "RGB images converted to 1 channel" in note and "8 of 8 images resized" in note and "to 28×28" in note
     assert json.loads((out / "model" / "finetune.json").read_text())["images"] == note
