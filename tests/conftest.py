@@ -9,7 +9,10 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One torch thread unless CADIS_TEST_THREADS says otherwise (as test_app, test_gradio and test_finetune already
+# do): the test models are tiny, and on a core that anything else uses (a subprocess of the tests, another job)
+# a second thread's spin-waits make a tiny UNet's forward tens of times slower.
+torch.set_num_threads(int(os.environ.get("CADIS_TEST_THREADS", "1")))
 
 ROOT = Path(__file__).resolve().parent.parent
 

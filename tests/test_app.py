@@ -612,6 +612,13 @@ def test_pick_indices():
         pick_indices(labels, "index", indices=[5])
 
 
+def wait_for(condition, timeout: float = 30) -> None:
+    """Poll until condition() holds or the timeout passes (the assertion after it says what was expected)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not condition():
+        time.sleep(0.01)
+
+
 def test_two_sessions_certifying_at_once_queue_on_the_lock(bundle):
     x = bundle.dataset.images[0]
     waited, results = [], []
@@ -622,7 +629,7 @@ def test_two_sessions_certifying_at_once_queue_on_the_lock(bundle):
     with bundle.lock:  # the first session is busy; the second must wait, not fail
         t = threading.Thread(target=session, args=("second",))
         t.start()
-        time.sleep(0.3)
+        wait_for(lambda: waited)  # the second session reached the lock and was told to wait
         assert t.is_alive() and waited == ["second"]
     t.join(60)
     session("third")
@@ -642,10 +649,10 @@ def test_turns_are_first_come_first_served_and_tell_the_place_in_line():
     with turns:  # a is busy; b, then c, queue behind it
         b = threading.Thread(target=job, args=("b",))
         b.start()
-        time.sleep(0.2)
+        wait_for(lambda: seen["b"])  # b is in line before c starts
         c = threading.Thread(target=job, args=("c",))
         c.start()
-        time.sleep(0.2)
+        wait_for(lambda: seen["c"])
         assert turns.waiting() == 2 and seen == {"b": [1], "c": [2]}
     b.join(5)
     c.join(5)

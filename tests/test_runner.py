@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pandas as pd
@@ -43,17 +44,18 @@ def test_certify_writes_cohen_columns_and_sidecar(tiny_denoiser_dir, tiny_classi
 def test_kill_and_resume_gives_each_index_once_and_keeps_earlier_rows(tiny_denoiser_dir, tiny_classifier_dir,
                                                                        tmp_path):
     out = tmp_path / "resume.tsv"
-    cmd = [sys.executable, "-m", "cadis", *_args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "30")]
+    args = _args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "30")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "cadis", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 4):
-        time.sleep(0.2)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = out.read_text().splitlines()
     assert 4 <= len(before) < 31, "the run should have been killed midway"
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert main(args) == 0  # the resume: the same command, run here (only the kill needs a process of its own)
     after = out.read_text().splitlines()
     complete_before = [line for line in before if line.count("\t") == 10]
     assert after[: len(complete_before)] == complete_before
@@ -91,8 +93,24 @@ def test_shards_split_the_indices_and_analyze_merges_them(tiny_denoiser_dir, tin
     assert [c.strip() for c in row.split("|")[1:3]] == ["s", "5"]  # one merged run of five images
 
 
-def test_missing_inputs_give_one_line_errors_without_traceback(tiny_denoiser_dir, tiny_classifier_dir, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def _run_cli(argv: list[str], capfd) -> tuple[int, str]:
+    """Exit status and stderr of `cadis ARGV`, run in this process (stderr captured at the file-descriptor
+    level); an exception escaping main() is a traceback. CADIS_BAD_INPUT_SUBPROCESS=1 runs `cadis` instead."""
+    if os.environ.get("CADIS_BAD_INPUT_SUBPROCESS") == "1":
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        r = subprocess.run([sys.executable, "-m", "cadis", *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+        return r.returncode, r.stderr
+    capfd.readouterr()
+    try:
+        code = main(argv)
+    except BaseException:  # noqa: BLE001  what escapes main() is what a user would see as a traceback
+        code = 1
+        sys.stderr.write(traceback.format_exc())
+    return code, capfd.readouterr().err
+
+
+def test_missing_inputs_give_one_line_errors_without_traceback(tiny_denoiser_dir, tiny_classifier_dir, tmp_path,
+                                                               capfd):
     cases = [
         (_args(tmp_path / "no-denoiser", tiny_classifier_dir, tmp_path / "a.tsv"), "Denoiser directory"),
         (_args(tiny_denoiser_dir, tmp_path / "no-classifier", tmp_path / "b.tsv"), "Classifier directory"),
@@ -101,11 +119,10 @@ def test_missing_inputs_give_one_line_errors_without_traceback(tiny_denoiser_dir
          "CIFAR-10 not found"),
     ]
     for argv, message in cases:
-        r = subprocess.run([sys.executable, "-m", "cadis", *argv], cwd=ROOT, env=env, capture_output=True,
-                           text=True)
-        assert r.returncode != 0
-        assert message in r.stderr and "Traceback" not in r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        code, err = _run_cli(argv, capfd)
+        assert code != 0
+        assert message in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1, err
 
 
 def test_torchrun_two_processes_shard_and_merge(tiny_denoiser_dir, tiny_classifier_dir, tmp_path):
