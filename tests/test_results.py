@@ -10,15 +10,16 @@ import pytest
 
 from cadis.certification.adaptive import AdaptiveSettings
 from cadis.errors import CadisError
-from experiments import results
+from experiments import report, results
 from experiments.comparisons import comparisons
 
 
 def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
-    monkeypatch.setattr(results, "RESULTS", tmp_path / "results")
-    monkeypatch.setattr(results, "FINETUNED", tmp_path / "finetuned")
-    monkeypatch.setattr(results, "README", tmp_path / "README.md")  # never the repository's own
-    monkeypatch.setattr(results, "RESULTS_DOC", tmp_path / "results.md")
+    for module in (results, report):
+        monkeypatch.setattr(module, "RESULTS", tmp_path / "results")
+        monkeypatch.setattr(module, "FINETUNED", tmp_path / "finetuned")
+    monkeypatch.setattr(report, "README", tmp_path / "README.md")  # never the repository's own
+    monkeypatch.setattr(report, "RESULTS_DOC", tmp_path / "results.md")
     methods, sigmas = ("none", "ft-cadis"), (0.25,)
     results.run_finetuning(methods, sigmas, steps=2, runs=tmp_path / "runs")
     adapter = tmp_path / "finetuned" / "ft-cadis-s0.25"
@@ -34,7 +35,7 @@ def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
     per_class = pd.read_csv(tmp_path / "results" / "hallucination.csv")
     assert set(per_class["classifier"]) == {"none", "ft-cadis"} and (per_class["sigma"] == 0.25).all()
     assert "AUROC" in per_class and per_class["AUROC"].dropna().between(0, 1).all()
-    assert "AUROC of low confidence per class" in results.hallucination_markdown()
+    assert "AUROC of low confidence per class" in report.hallucination_markdown()
     assert (tmp_path / "results" / "hallucination.html").exists()
     produced_by = json.loads((tmp_path / "results" / "hallucination.json").read_text())
     assert produced_by["denoiser"] == "src/cadis/assets/fmnist-ddpm"  # the same on every checkout
@@ -47,7 +48,7 @@ def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert len(adaptive_rows) == 3 and adaptive_rows["n"].between(25, 200).all()
     rates = results.run_diagnostics((0.25,), limit=40)
     assert rates["images"].iloc[-1] == 40 and (rates["mask_rate"] <= rates["selection_rate"]).all()
-    table = results.write_report()
+    table = report.write_report()
     assert "What the objectives see at step 0" in table and "mask σ=0.25" in table
     assert "ft-cadis σ=0.25" in table and "none σ=0.25" in table
     assert "ft-cadis vs none σ=0.25" in table and (tmp_path / "results" / "paired.csv").exists()
@@ -66,13 +67,13 @@ def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
 
 def test_the_block_between_the_markers_is_replaced(tmp_path):
     doc = tmp_path / "results.md"
-    start, end = results.RESULTS_MARKERS
+    start, end = report.RESULTS_MARKERS
     doc.write_text(f"intro\n{start}\nold table\n{end}\noutro\n")
-    assert results.update_block(doc, "| new | table |")
+    assert report.update_block(doc, "| new | table |")
     assert doc.read_text() == f"intro\n{start}\n| new | table |\n{end}\noutro\n"
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
-    assert not results.update_block(plain, "x") and plain.read_text() == "no markers\n"
+    assert not report.update_block(plain, "x") and plain.read_text() == "no markers\n"
 
 
 def test_a_named_variant_changes_one_hyperparameter_of_its_method(tmp_path):
@@ -140,31 +141,31 @@ def test_the_verdict_checks_the_papers_ordering_and_the_target_per_sigma():
     ft = [0.6] * 80 + [-1] * 20          # 80 at r=0.5, but 80 at r=0 too: 0 below anyone at r=0
     runs = {"n": _run("none", 0.5, none), "c": _run("denoised-ce.authors-lora", 0.5, ce),
             "f": _run("ft-cadis.authors-lora", 0.5, ft)}
-    table = results.verdict_table(runs, radii=(0.0, 0.5, 1.0))
+    table = report.verdict_table(runs, radii=(0.0, 0.5, 1.0))
     row = table.loc["σ=0.5 (authors-lora)"]
     assert row["target"] == "met" and row["ordering holds at r="] == "0, 0.5"  # r=1: nobody certifies, left out
     assert row["ft-cadis vs none at r=σ"].startswith("+20.0 (p=")
     assert row["a step reversed (Holm p<0.05) at r="] == "nowhere"
     # ft-cadis 3 points below denoised-ce at r=0 (72 against 69): missed, by how much
     runs["f"] = _run("ft-cadis.authors-lora", 0.5, [0.6] * 69 + [-1] * 31)
-    row = results.verdict_table(runs, radii=(0.0, 0.5)).loc["σ=0.5 (authors-lora)"]
+    row = report.verdict_table(runs, radii=(0.0, 0.5)).loc["σ=0.5 (authors-lora)"]
     assert row["target"] == "missed: 3.0 points below at worst" and row["ordering holds at r="] == "0.5"
     assert row["ft-cadis vs denoised-ce: worst"].startswith("-3.0 at r=0 (p=")
     # level with none at r=σ: not clearly ahead
     runs["f"] = _run("ft-cadis.authors-lora", 0.5, none)
-    row = results.verdict_table(runs, radii=(0.0, 0.5)).loc["σ=0.5 (authors-lora)"]
+    row = report.verdict_table(runs, radii=(0.0, 0.5)).loc["σ=0.5 (authors-lora)"]
     assert row["target"] == "missed: 2.0 points below at worst, not clearly ahead of none at r=σ"
     # a second σ adds the envelope row; a σ without all three runs is not judged
     runs |= {"n1": _run("none", 1.0, [1.5] * 50 + [-1] * 50), "n2": _run("none", 0.25, none),
              "c1": _run("denoised-ce.authors-lora", 1.0, [1.5] * 40 + [-1] * 60),
              "f1": _run("ft-cadis.authors-lora", 1.0, [1.5] * 55 + [-1] * 45)}
-    table = results.verdict_table(runs, radii=(0.0, 0.5, 1.0, 1.5))
+    table = report.verdict_table(runs, radii=(0.0, 0.5, 1.0, 1.5))
     assert list(table.index) == ["σ=0.5 (authors-lora)", "σ=1 (authors-lora)", "envelope (authors-lora, best σ)"]
     envelope = table.loc["envelope (authors-lora, best σ)"]
     # best σ per radius: r=0 from σ=0.5 (ft-cadis 70 against denoised-ce 72), r ≥ 1 from σ=1 (55, 40, 50)
     assert envelope["ft-cadis vs denoised-ce: worst"] == "-2.0 at r=0"
     assert envelope["denoised-ce vs none: worst"] == "-10.0 at r=1" and envelope["ordering holds at r="] == "0.5"
-    assert results.verdict_table({"n": runs["n"], "c": runs["c"]}) is None
+    assert report.verdict_table({"n": runs["n"], "c": runs["c"]}) is None
 
 
 def test_the_report_writes_the_verdict_with_what_produced_it(tmp_path, monkeypatch):
@@ -176,15 +177,15 @@ def test_the_report_writes_the_verdict_with_what_produced_it(tmp_path, monkeypat
             "f": _run("ft-cadis.authors-lora", 0.5, [0.6] * 80 + [-1] * 20)}
     for df in runs.values():
         df.attrs["config"] |= {"n0": 100, "n": 1000, "alpha": 0.001, "seed": 0,
-                               "classifier": f"local-dir:{results.REPOSITORY}/src/cadis/assets/x"}
+                               "classifier": f"local-dir:{report.REPOSITORY}/src/cadis/assets/x"}
     del runs["n"].attrs["config"]["run"]  # an older sidecar names only its method
     runs["n"].attrs["config"]["method"] = "none"
-    monkeypatch.setattr(results, "RESULTS", tmp_path)
-    monkeypatch.setattr(results, "merge_results", lambda files: runs)
-    monkeypatch.setattr(results, "README", tmp_path / "README.md")
-    monkeypatch.setattr(results, "RESULTS_DOC", tmp_path / "results.md")
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    monkeypatch.setattr(report, "merge_results", lambda files: runs)
+    monkeypatch.setattr(report, "README", tmp_path / "README.md")
+    monkeypatch.setattr(report, "RESULTS_DOC", tmp_path / "results.md")
     (tmp_path / "none_s0.5.tsv").touch()  # the report runs once a result file exists
-    results.write_report()
+    report.write_report()
     table, caption = shipped_verdict(tmp_path)
     assert table.loc["σ=0.5 (authors-lora)", "target"] == "met"
     assert "ft-cadis.authors-lora, none at σ = 0.5" in caption and "N = 1000, α = 0.001, 100 test images" in caption
