@@ -158,6 +158,10 @@ CASES = [
     Case("finetune --weight-decay inf", (*FT, "--weight-decay", "inf"), "--weight-decay must be"),
     Case("finetune --threads -1", (*FT, "--threads", "-1"), "--threads must be >= 0"),
     Case("finetune --device bogus", (*FT, "--device", "bogus"), "is not a device"),
+    Case("finetune --dataset beside a preset", (*FT, "--dataset", "{tmp}/no-such-folder"),
+         "needs --denoiser and --classifier"),  # used or refused, never ignored
+    Case("finetune --weight-decay-end nan", (*FT, "--weight-decay-end", "nan"), "--weight-decay-end must be"),
+    Case("finetune --eval-offset -1", (*FT, "--eval-offset", "-1"), "--eval-offset must be"),
     # finetune: what only the models, data or --out can tell (still refused before writing)
     Case("finetune --sigma beyond the denoiser", (*FT_MODELS, "--sigma", "100"), "beyond this scheduler"),
     Case("finetune --out is a file", ("finetune", *TINY, "--out", "{tmp}/a-file"), "is a file", False),

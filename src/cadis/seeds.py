@@ -8,6 +8,8 @@ from __future__ import annotations
 
 # A prime above every index used, so distinct (seed, i) with 0 <= i < STRIDE never share a stream.
 STRIDE = 1_000_003
+# The largest seed: torch seeds are 64-bit, and seed * STRIDE + i stays far inside them.
+MAX_SEED = 2**32 - 1
 
 
 def derive_seed(seed: int, i: int) -> int:
