@@ -173,3 +173,14 @@ def test_certify_brings_a_folder_of_rgb_images_to_the_denoiser_and_the_sidecar_s
     assert len(out.read_text().splitlines()) == 3
     note = json.loads((tmp_path / "r.json").read_text())["images"]
     assert "RGB images converted to 1 channel" in note and "resized from" in note and "to 28×28" in note
+
+
+def test_an_image_folder_with_non_finite_pixels_is_refused_like_an_upload(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "c").mkdir()
+    arr = np.full((8, 8), 0.5, np.float32)
+    arr[2, 3] = np.nan
+    Image.fromarray(arr, "F").save(tmp_path / "c" / "nan.tif")
+    with pytest.raises(CadisError, match="nan.tif has 1 pixel that are NaN or infinite"):
+        data.load_dataset(str(tmp_path), shape=(1, 8, 8))

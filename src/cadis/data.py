@@ -226,31 +226,20 @@ def fit_dataset(dataset: ImageDataset, shape: tuple[int, int, int] | None) -> Im
 
 
 def _decode(path: str, channels: int | None) -> tuple[torch.Tensor, int]:
-    """An image file as a float [C, h, w] tensor in [0, 1] and its own channel count (1 or 3): alpha over black,
-    16-bit and float rescaled, then grey (1) or RGB (3): `channels`, or the file's own when None."""
+    """An image file as a float [C, h, w] tensor in [0, 1] and its own channel count (`images.pixels`)."""
     from PIL import Image, UnidentifiedImageError
+
+    from cadis.images import pixels
 
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                arr = np.asarray(img, dtype=np.float64)
-                top = 65535.0 if img.mode.startswith("I;16") else max(1.0 if img.mode == "F" else 255.0,
-                                                                       float(arr.max()) if arr.size else 1.0)
-                img = Image.fromarray(np.clip(arr / top * 255, 0, 255).round().astype(np.uint8), "L")
-            if img.mode in ("P", "PA"):
-                img = img.convert("RGBA")
-            if "A" in img.mode or img.mode == "RGBa":
-                rgba = img.convert("RGBA")
-                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
-            own = 1 if img.mode in ("1", "L") else 3
-            img = img.convert("L" if (channels or own) == 1 else "RGB")
-            arr = np.asarray(img, dtype=np.uint8).copy()
+            return pixels(img, channels, path)
+    except CadisError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise CadisError(f"{path} is not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                          "remove or re-export it.") from e
-    x = torch.from_numpy(arr).float().div_(255)
-    return (x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1).contiguous()), own
 
 
 def load_image_folder(root: str | os.PathLike, shape: tuple[int, int, int] | None = None) -> ImageDataset:

@@ -91,8 +91,10 @@ def image_from_path(path: str | os.PathLike, shape: tuple[int, int, int], invert
     return image_from_bytes(path.read_bytes(), shape, name, invert)
 
 
-def to_tensor(img, shape: tuple[int, int, int], invert: bool | None = None, name: str = "the image") -> torch.Tensor:
-    """A decoded PIL image → C×H×W float tensor in [0, 1] of `shape` (see `image_from_bytes`)."""
+def pixels(img, channels: int | None = None, name: str = "the image") -> tuple[torch.Tensor, int]:
+    """A decoded PIL image → C×h×w float tensor in [0, 1] with `channels` (1: grey, 3: RGB; None: its own), and
+    its own channel count. Alpha is composited onto black; 16-bit, 32-bit and float images are rescaled, and
+    non-finite pixels refused. Uploads and image folders both decode here."""
     from PIL import Image
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -100,22 +102,27 @@ def to_tensor(img, shape: tuple[int, int, int], invert: bool | None = None, name
         if not np.isfinite(arr).all():
             bad = int((~np.isfinite(arr)).sum())
             raise CadisError(f"{name} has {bad} pixel{'s' if bad > 1 else ''} that are NaN or infinite "
-                             "(non-finite pixels); export it with finite values (e.g. an 8-bit PNG) and upload again.")
+                             "(non-finite pixels); export it with finite values (e.g. an 8-bit PNG) and try again.")
         peak = float(arr.max()) if arr.size else 0.0
         if img.mode.startswith("I;16"):
             top = 65535.0
         else:  # 32-bit ints and floats carry no range: take the smallest usual one that holds the values
             top = next((t for t in ((1.0,) if img.mode == "F" else ()) + (255.0, 65535.0) if peak <= t), peak)
-        img = Image.fromarray(np.clip(arr / top * 255, 0, 255).astype(np.uint8), "L")
+        img = Image.fromarray(np.clip(arr / top * 255, 0, 255).round().astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         rgba = img.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(black, rgba).convert("RGB")
-    img = img.convert("L" if shape[0] == 1 else "RGB")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+    own = 1 if img.mode in ("1", "L") else 3
+    img = img.convert("L" if (channels or own) == 1 else "RGB")
     x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()) / 255
-    x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
+    return (x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1).contiguous()), own
+
+
+def to_tensor(img, shape: tuple[int, int, int], invert: bool | None = None, name: str = "the image") -> torch.Tensor:
+    """A decoded PIL image → C×H×W float tensor in [0, 1] of `shape` (see `image_from_bytes`)."""
+    x, _ = pixels(img, shape[0], name)
     if invert is None:
         border = torch.cat([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], dim=1)
         invert = shape[0] == 1 and float(border.mean()) > 0.5
