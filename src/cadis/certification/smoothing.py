@@ -122,18 +122,24 @@ class Smooth:
                       heads: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None) -> np.ndarray:
         """Class counts over `num` draws of x + δ (x is one CHW image): shape [classes] for the base
         classifier, or [heads × classes] when each of `heads` classifies `self.shared(batch)` of the same draws."""
-        single = heads is None
-        heads = [self._forward] if single else heads  # one head: the whole base, prepared as one function
-        counts = torch.zeros(len(heads), self.num_classes, dtype=torch.long, device=x.device)
+        counts = torch.zeros(1 if heads is None else len(heads), self.num_classes, dtype=torch.long, device=x.device)
         with torch.inference_mode(), self.acceleration.autocast(x.device):
             for batch in self.noisy_batches(x, num, generator):
-                features = batch if single else self.shared(batch)  # computed once for all heads
-                for k, head in enumerate(heads):
-                    counts[k] += torch.bincount(head(features).argmax(1), minlength=self.num_classes)
+                for k, logits in enumerate(self.logits(batch, generator, heads)):
+                    counts[k] += torch.bincount(logits.argmax(1), minlength=self.num_classes)
                 if progress is not None:
                     progress(len(batch))
         counts = counts.cpu().numpy()
-        return counts[0] if single else counts
+        return counts[0] if heads is None else counts
+
+    def logits(self, noisy: torch.Tensor, generator: torch.Generator,
+               heads: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None) -> list[torch.Tensor]:
+        """Logits of one batch of draws: of the whole base (one entry), or of each head over `shared(noisy)`,
+        computed once for all. `generator` is the image's stream, for a base that draws noise of its own."""
+        if heads is None:
+            return [self._forward(noisy)]  # one head: the whole base, prepared as one function
+        features = self.shared(noisy)
+        return [head(features) for head in heads]
 
     def shared(self, noisy: torch.Tensor) -> torch.Tensor:
         """The part of the base that several heads share (none here: they classify the noisy batch)."""
@@ -159,30 +165,27 @@ class DenoisedSmoothing(Smooth):
                  **denoise_kwargs):
         self.denoiser, self.classifier = denoiser, classifier
         self.mode, self.denoise_kwargs = mode, denoise_kwargs
-        self._stream: torch.Generator | None = None  # the generator of the draws being sampled
         self._prepared_fns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         super().__init__(self.classify_noisy, classifier.num_classes, sigma, batch_size, acceleration,
                          (denoiser, classifier))
         denoiser.timestep(sigma)  # fail now if σ is beyond the scheduler's range
 
     def denoise(self, noisy: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x̂ from x + δ. Multistep denoising draws noise of its own: from `generator` if given, else from the
-        stream of the image being sampled (so its rows repeat), else from torch's global generator."""
+        """x̂ from x + δ. Multistep denoising draws noise of its own: from `generator` if given, else from
+        torch's global generator."""
         kwargs = self.denoise_kwargs
         if self.mode == "multistep":
-            kwargs = {**kwargs, "generator": generator or self._stream}
+            kwargs = {**kwargs, "generator": generator}
         return self.denoiser(noisy, self.sigma, mode=self.mode, **kwargs)
 
-    def sample_counts(self, x: torch.Tensor, num: int, generator: torch.Generator,
-                      progress: Callable[[int], None] | None = None,
-                      heads: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None) -> np.ndarray:
-        """As `Smooth.sample_counts`; multistep denoising draws from the same stream as the noise (the image's
-        seed), after each batch's noise, so a run repeats row for row."""
-        self._stream = generator
-        try:
-            return super().sample_counts(x, num, generator, progress, heads)
-        finally:
-            self._stream = None
+    def logits(self, noisy: torch.Tensor, generator: torch.Generator,
+               heads: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None) -> list[torch.Tensor]:
+        """As `Smooth.logits`; multistep denoising draws from the image's stream, after each batch's noise, so
+        a run repeats row for row."""
+        if self.mode != "multistep":
+            return super().logits(noisy, generator, heads)
+        denoised = self.denoise(noisy, generator)
+        return [head(denoised) for head in heads or [self._prepared(self.classifier, (self.classifier,))]]
 
     def classify_noisy(self, noisy: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.denoise(noisy))
