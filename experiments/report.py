@@ -22,7 +22,7 @@ from cadis.analysis.tables import (
 from cadis.analysis.training_curves import comparison_figure, plateau_table
 from cadis.certification.smoothing import max_radius
 from cadis.data import FASHION_MNIST_CLASSES
-from experiments.comparisons import paired_table, run_name
+from experiments.comparisons import paired_table, run_name, seed_table
 from experiments.paths import FINETUNED, REPOSITORY, RESULTS, RESULTS_DOC
 from experiments.verdict import RADII, TOLERANCE, VERDICT_RECIPE, headline, verdict_table
 
@@ -48,6 +48,13 @@ def write_report(radii=RADII) -> str:
         markdown += ("\n\nPaired differences in certified accuracy (points; same images and draws): "
                      "images only the first run certifies / only the second, and the exact McNemar p-value "
                      "(per comparison, not corrected for multiplicity)\n\n" + paired.to_markdown())
+    seeds = seed_table(results, radii)
+    if seeds is not None:
+        seeds.to_csv(RESULTS / "seeds.csv")
+        markdown += ("\n\nTraining seeds: ft-cadis against denoised-ce per seed (paired on the same images and "
+                     "draws, exact McNemar), and pooled over seeds with the image as the unit (per image, the mean "
+                     "over seeds of the difference in being certified; a two-sided sign-flip permutation test over "
+                     "images, 99,999 resamples, not corrected for multiplicity)\n\n" + seeds.to_markdown())
     verdict = verdict_table(results, radii=radii)
     if verdict is not None:
         verdict.to_csv(RESULTS / "verdict.csv")

@@ -228,3 +228,27 @@ def test_the_verdict_adjusts_every_p_value_with_holm_over_its_family():
     shipped = pd.read_csv(results.RESULTS / "verdict_tests.csv")
     assert {"p_value", "p_holm"} <= set(shipped.columns)
     assert np.allclose(shipped["p_holm"], multipletests(shipped["p_value"], method="holm")[1])
+
+
+def test_the_seed_replicate_pools_over_seeds_with_the_image_as_the_unit():
+    from experiments.comparisons import seed_table, split_seed
+
+    assert split_seed("ft-cadis.authors-lora-whole.seed2") == ("ft-cadis.authors-lora-whole", 2)
+    assert split_seed("ft-cadis.authors-lora-whole") == ("ft-cadis.authors-lora-whole", 0)
+    base = [0.6] * 50 + [-1] * 50
+    runs = {}
+    for seed, wins in ((0, 10), (1, 12), (2, 0)):  # ft-cadis certifies `wins` more images at r=0.5 per seed
+        tag = f".seed{seed}" if seed else ""
+        runs[f"c{seed}"] = _run(f"denoised-ce.w{tag}", 0.5, base)
+        runs[f"f{seed}"] = _run(f"ft-cadis.w{tag}", 0.5, [0.6] * (50 + wins) + [-1] * (50 - wins))
+    runs["lonely"] = _run("ft-cadis.other", 0.5, base)  # one seed only: no pooled row
+    table = seed_table(runs, (0.0, 0.5), resamples=9_999)
+    assert list(table.index) == [f"ft-cadis vs denoised-ce.w σ=0.5 seed {s}" for s in range(3)] + [
+        "ft-cadis vs denoised-ce.w σ=0.5 pooled over 3 seeds (100 images)"]
+    assert table.iloc[0]["r=0.5"].startswith("+10.0 (10/0, p=0.002")  # the per-seed McNemar row
+    pooled = table.iloc[3]["r=0.5"]
+    assert pooled.startswith("+7.3 (p=")  # (10 + 12 + 0) / 3 images' worth per 100
+    assert float(pooled.split("p=")[1].rstrip(")")) < 0.005  # 12 images gain, none lose: exact p = 2^-11
+    # no difference anywhere: the permutation test finds nothing
+    same = {k: _run(df.attrs["config"]["run"], 0.5, base) for k, df in runs.items()}
+    assert seed_table(same, (0.5,)).iloc[-1]["r=0.5"] == "+0.0 (p=1)"
