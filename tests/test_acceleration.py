@@ -69,3 +69,28 @@ def test_largest_batch_halves_until_the_forward_fits():
 
     with pytest.raises(CadisError, match="does not fit in GPU memory"):
         largest_batch(never_fits, 8)
+
+
+def test_measured_precision_picks_a_candidate_records_the_machine_and_measures_once(tmp_path):
+    from cadis.acceleration import PRECISIONS, machine, measured_precision
+
+    calls = []
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+
+    def forward(x):
+        calls.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return model(x)
+
+    cache = tmp_path / "precision.json"
+    best, record = measured_precision(forward, torch.randn(32, 64), "tiny", cache=cache)
+    assert best in PRECISIONS and best == min(record["seconds_per_call"], key=record["seconds_per_call"].get)
+    assert set(record["seconds_per_call"]) == {"fp32", "bf16"} and record["machine"] == machine()
+    assert torch.bfloat16 in calls and torch.float32 in calls  # each candidate really ran at its precision
+    assert "cpu" in record["machine"] and "vector" in record["machine"]
+    n = len(calls)
+    again, _ = measured_precision(forward, torch.randn(32, 64), "tiny", cache=cache)
+    assert again == best and len(calls) == n  # cached per machine and key: not measured again
+    measured_precision(forward, torch.randn(32, 64), "another model", cache=cache)
+    assert len(calls) > n
+    cache.write_text("{not json")  # a corrupt cache is measured again, not an error
+    assert measured_precision(forward, torch.randn(32, 64), "tiny", cache=cache)[0] in PRECISIONS

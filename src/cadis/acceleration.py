@@ -7,8 +7,10 @@ certified (f evaluated in bf16 instead of fp32, say), never the statistics. Runs
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -69,3 +71,79 @@ def largest_batch(forward: Callable[[int], object], start: int, smallest: int = 
             b //= 2
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+
+def machine() -> dict[str, str]:
+    """What the speed of a precision depends on: the CPU model and its vector extensions, or the GPU."""
+    import platform
+
+    flags, model = set(), platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:  # not Linux: the model name alone
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    info = {"cpu": model, "vector": " ".join(f for f in wanted if f in flags) or "none known",
+            "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _cache_path() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cadis" / "precision.json"
+
+
+def measured_precision(forward: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, key: str,
+                       candidates: tuple[str, ...] = ("fp32", "bf16"), repeats: int = 3,
+                       cache: Path | None = None) -> tuple[str, dict]:
+    """The candidate precision `forward` runs fastest at on this machine (median of `repeats` timed calls on
+    `example` after a warm-up), measured once per machine and `key` (the model and batch) and cached in
+    ~/.cache/cadis/precision.json. Returns it and the record: the machine, each candidate's seconds per call."""
+    import json
+    import time
+
+    from cadis.files import write_atomic
+
+    cache = cache or _cache_path()
+    here = machine()
+    slot = json.dumps(here, sort_keys=True) + "|" + key
+    try:
+        known = json.loads(cache.read_text()) if cache.is_file() else {}
+    except (OSError, ValueError):  # an unreadable cache is measured again
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if isinstance(known.get(slot), dict) and known[slot].get("precision") in candidates:
+        return known[slot]["precision"], known[slot]
+    seconds = {}
+    with torch.inference_mode():
+        for name in candidates:
+            autocast = Acceleration(name).autocast(example.device)
+            with autocast:
+                forward(example)  # warm-up: allocations, one-time kernels
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                with autocast:
+                    forward(example)
+                if example.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            seconds[name] = sorted(times)[len(times) // 2]
+    best = min(seconds, key=seconds.get)
+    record = {"precision": best, "seconds_per_call": seconds, "machine": here, "key": key,
+              "batch": int(example.shape[0])}
+    known[slot] = record
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cache, json.dumps(known, indent=2))
+    except (OSError, CadisError):  # a read-only home: measured again next time, nothing else lost
+        pass
+    return best, record
