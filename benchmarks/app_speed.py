@@ -208,7 +208,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load average {load:.2f}")
+    from cadis.acceleration import describe_machine
+
+    print(f"machine: {describe_machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+          f"load average {load:.2f}")
     p = model_source()
     print(f"models: {p.denoiser} | {p.classifier}")
     median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reference import reference_sample_noise  # noqa: E402
 
-from cadis.acceleration import Acceleration  # noqa: E402
+from cadis.acceleration import Acceleration, describe_machine  # noqa: E402
 from cadis.certification.smoothing import DenoisedSmoothing  # noqa: E402
 from cadis.models.classifier import ImageClassifier  # noqa: E402
 from cadis.models.denoiser import DiffusionDenoiser  # noqa: E402
@@ -105,8 +105,7 @@ def main() -> None:
                                                  classifier.num_classes), args.repeats, args.device)
     ref_sps = args.num / ref
     ceilings = {"fp32": matmul_gflops(args.device), "bf16": matmul_gflops(args.device, torch.bfloat16)}
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"machine: {device_name}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print(f"machine: {describe_machine()}, {torch.get_num_threads()} torch threads")
     print(f"models {args.models if args.models != 'preset' else args.preset}: {flops / 1e6:.1f} MFLOP per sample "
           f"(denoiser + classifier), sigma={args.sigma}, batch {args.batch_size}, {args.num} draws, "
           f"best of {args.repeats}")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cadis.acceleration import Acceleration  # noqa: E402
+from cadis.acceleration import Acceleration, describe_machine  # noqa: E402
 from cadis.models.presets import get_preset  # noqa: E402
 from cadis.training.finetune import FinetuneConfig, make_optimizer, prepare_classifier  # noqa: E402
 
@@ -98,7 +98,7 @@ def main() -> None:
     ref_opt = make_optimizer(cfg, ref_model)
     ref = images_per_s(lambda: reference_step(ref_model, denoiser, x, y, ref_opt, args.sigma), args.batch_size,
                        args.steps)
-    print(f"machine: {torch.get_num_threads()} torch threads, torch {torch.__version__}; preset {args.preset}, "
+    print(f"machine: {describe_machine()}, {torch.get_num_threads()} torch threads; preset {args.preset}, "
           f"sigma={args.sigma}, batch {args.batch_size}, M=4, T=4, LoRA, {args.steps} steps")
     print("| step | images/s | vs reference | |\n|---|---|---|---|")
     print(f"| reference (authors' style, fp32, eager) | {ref:.1f} | 1.00x | |")

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cadis.acceleration import PRECISIONS, Acceleration  # noqa: E402
+from cadis.acceleration import PRECISIONS, Acceleration, describe_machine  # noqa: E402
 from cadis.certification.smoothing import DenoisedSmoothing  # noqa: E402
 from cadis.models.presets import get_preset  # noqa: E402
 
@@ -62,7 +62,7 @@ def main() -> None:
         timings[name] = (best, certs)
     pairs = zip(sum(timings["separate"][1], []), sum(timings["shared draws"][1], []))
     same = all(a.prediction == b.prediction and a.count_a == b.count_a for a, b in pairs)
-    print(f"machine: cpu, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+    print(f"machine: {describe_machine()}, {torch.get_num_threads()} torch threads; "
           f"{args.classifiers} classifiers, sigma={args.sigma}, n0={args.n0}, n={args.num}, batch {args.batch_size}, "
           f"{args.precision}{' + compile' if args.compile else ''}, {args.images} images")
     print(f"identical certificates: {same}")

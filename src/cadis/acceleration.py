@@ -147,3 +147,9 @@ def measured_precision(forward: Callable[[torch.Tensor], torch.Tensor], example:
     except (OSError, CadisError):  # a read-only home: measured again next time, nothing else lost
         pass
     return best, record
+
+
+def describe_machine() -> str:
+    """One line for benchmark output: the CPU (or GPU), its vector extensions and torch."""
+    info = machine()
+    return f"{info.get('gpu', info['cpu'])} [{info['vector']}], torch {info['torch']}"
