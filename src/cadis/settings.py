@@ -30,6 +30,7 @@ class Setting:
     when: str | None = None  # checked only when this other (boolean) setting is true
     cli: bool = True  # False: no flag (the library's or a recipe's setting)
     default_note: str | None = None  # the flag defaults to None and the command fills it in, as this says
+    optional: bool = False  # None is allowed (it means "off") though the default is not None
 
 
 def setting(default: Any, help: str, **constraints: Any) -> Any:
@@ -55,7 +56,7 @@ def check_settings(obj: Any) -> None:
     """Refuse (CadisError, one line naming the flag) any declared setting out of range or not finite."""
     for name, (spec, default) in settings(obj).items():
         value = getattr(obj, name)
-        if (spec.when and not getattr(obj, spec.when)) or (value is None and default is None):
+        if (spec.when and not getattr(obj, spec.when)) or (value is None and (default is None or spec.optional)):
             continue
         low, high, hint = spec.low, spec.high, spec.hint
         if isinstance(low, str):

@@ -54,7 +54,7 @@ class FinetuneConfig:
     warmup: int = setting(50, "linear warm-up steps", low=0, hint="about 5% of --steps is usual")
     min_lr: float = setting(0.0, "learning rate at the end of the cosine decay", low=0, high="lr", hint="0 is usual")
     grad_clip: float | None = setting(1.0, "gradient clipping norm", kind=float, low=0,
-                                      hint="1.0 is usual; 0 turns clipping off")
+                                      optional=True, hint="1.0 is usual; 0 turns clipping off")
     clip_per_tensor: bool = setting(False, "clip each parameter tensor's gradient to --grad-clip (the authors'); "
                                     "without it, all together")
     augment: bool = setting(False, "random crop (zero padding 4) and horizontal flip of the clean images (the "
