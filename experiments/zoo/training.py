@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 
 from cadis.data import load_dataset
 from cadis.errors import CadisError
 from cadis.models.denoiser import DiffusionDenoiser, timestep_for_sigma
 from cadis.seeds import derive_seed
 from cadis.training.checkpoint import load_checkpoint, save_checkpoint
+from cadis.training.loop import run_steps
 from cadis.training.schedules import batch_indices, warmup_cosine
 from experiments.zoo.architectures import fmnist_scheduler, fmnist_unet, fmnist_vit
 
@@ -83,45 +83,40 @@ def _train_loop(cfg: TrainConfig, model: torch.nn.Module, step_fn: Callable[[int
         w.writeheader()
         w.writerows(rows)
 
+    t0 = time.time()
+
     def checkpoint(step: int) -> None:
         save_checkpoint(out / "checkpoint", {"model": model, "ema": ema}, opt,
-                        {"step": step, "elapsed_s": elapsed, "config": asdict(cfg)})
+                        {"step": step, "elapsed_s": elapsed + time.time() - t0, "config": asdict(cfg)})
 
     model.train()
-    last_ckpt, t0, running = time.time(), time.time(), []
+    running = []
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-    done = start  # steps whose update is complete
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=desc, unit="step")
-    try:
-        with log_path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "elapsed_s"])
-            for step in bar:
-                gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step))
-                loss = step_fn(step, gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                ema.update_parameters(model)
-                done = step + 1
-                running.append(loss.item())
-                if done % 50 == 0 or done == end:
-                    elapsed += time.time() - t0
-                    t0 = time.time()
-                    mean = sum(running) / len(running)
-                    running = []
-                    w.writerow({"step": done, "loss": f"{mean:.5f}", "lr": f"{sched.get_last_lr()[0]:.3e}",
-                                "elapsed_s": f"{elapsed:.1f}"})
-                    f.flush()
-                    bar.set_postfix(loss=f"{mean:.4f}")
-                    if time.time() - last_ckpt > 60 * cfg.checkpoint_minutes:
-                        checkpoint(done)
-                        last_ckpt = time.time()
-    finally:  # on Ctrl-C too: nothing computed is lost
-        elapsed += time.time() - t0
-        if done > start:
-            checkpoint(done)
+    with log_path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "elapsed_s"])
+
+        def one_step(step: int) -> dict[str, str]:
+            loss = step_fn(step, torch.Generator().manual_seed(derive_seed(cfg.seed, step)))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            ema.update_parameters(model)
+            running.append(loss.item())
+            done = step + 1
+            if done % 50 and done != end:
+                return {}
+            mean = sum(running) / len(running)
+            running.clear()
+            w.writerow({"step": done, "loss": f"{mean:.5f}", "lr": f"{sched.get_last_lr()[0]:.3e}",
+                        "elapsed_s": f"{elapsed + time.time() - t0:.1f}"})
+            f.flush()
+            return {"loss": f"{mean:.4f}"}
+
+        done, _ = run_steps(start, end, one_step, checkpoint, cfg.checkpoint_minutes, desc, total=cfg.steps)
+    if done > start:  # the last steps, whether the run finished or stops at `stop_at`
+        checkpoint(done)
     return ema if done == cfg.steps else None
 
 

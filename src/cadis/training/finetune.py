@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from cadis.acceleration import Acceleration
 from cadis.data import ImageDataset
@@ -49,6 +48,7 @@ from cadis.seeds import derive_seed
 from cadis.training.augmentation import random_crop_flip
 from cadis.training.checkpoint import weights_digest
 from cadis.training.finetune_config import FinetuneConfig, FinetuneResult
+from cadis.training.loop import run_steps
 from cadis.training.objective import FTCadisLoss, draw_noise
 from cadis.training.run_dir import RunDir, check_writable
 from cadis.training.schedules import batch_indices, cosine, warmup_cosine
@@ -271,12 +271,11 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
         emit({"kind": "eval", "step": step, "test_acc_denoised": acc})
 
     # ---- the loop
-    t0 = last_ckpt = time.time()
+    t0 = time.time()
     model.train()
     trainable = [p for p in clf.parameters() if p.requires_grad]
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"finetune {cfg.method}", unit="step",
-               disable=not main)
-    for step in bar:
+
+    def one_step(step: int) -> dict[str, str]:
         t_step = time.time()
         seed = derive_seed(cfg.seed, step)
         idx = train_idx[batch_indices(len(train_idx), cfg.batch_size, step, cfg.seed)]
@@ -295,11 +294,9 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
         done = step + 1
         # The loss is averaged and the gradients all-reduced over ranks, so every rank takes the same decision.
         if not math.isfinite(metrics["loss"]):
-            bar.close()
             raise _nonfinite("loss", metrics["loss"], done, last_good, run)
         grad_norm = clip_gradients(cfg, trainable)
         if not torch.isfinite(grad_norm):
-            bar.close()
             raise _nonfinite("gradient norm", grad_norm.item(), done, last_good, run)
         lr = opt.param_groups[0]["lr"] / opt.param_groups[0].get("lr_scale", 1.0)
         try:
@@ -307,29 +304,25 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
         except RuntimeError as e:  # torch refuses some overflowing updates itself
             if "overflow" not in str(e):
                 raise
-            bar.close()
             raise _nonfinite("update", float("inf"), done, last_good, run) from e
         sched.step()
         weight_norm = torch.nn.utils.get_total_norm(trainable)
         if not torch.isfinite(weight_norm):
-            bar.close()
             raise _nonfinite("norm of the updated weights", weight_norm.item(), done, last_good, run)
         emit({"kind": "step", "step": done, **metrics, "lr": lr,
               "images_per_s": cfg.batch_size / max(time.time() - t_step, 1e-9)})
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc_denoised']:.2f}")
         if (eval_every and done % eval_every == 0) or done == steps:
             evaluate(done)
-        # every rank stops after the same step
-        if any_rank(stop_event is not None and stop_event.is_set(), device) and done < steps:
-            path = checkpoint(done)
-            bar.close()
-            barrier()
-            emit({"kind": "stopped", "step": done, "path": str(path)})
-            return FinetuneResult(path, stopped=True, step=done)
-        if time.time() - last_ckpt > 60 * cfg.checkpoint_minutes:
-            checkpoint(done)
-            last_ckpt = time.time()
-    bar.close()
+        return {"loss": f"{metrics['loss']:.3f}", "acc": f"{metrics['acc_denoised']:.2f}"}
+
+    # every rank stops after the same step; Ctrl-C keeps the steps done (one process: no peer to wait for)
+    done, stopped = run_steps(start, steps, one_step, checkpoint, cfg.checkpoint_minutes, f"finetune {cfg.method}",
+                              stop=lambda done: any_rank(stop_event is not None and stop_event.is_set(), device),
+                              show=main, save_on_interrupt=n_proc == 1)
+    if stopped:
+        barrier()
+        emit({"kind": "stopped", "step": done, "path": str(run.checkpoint_dir)})
+        return FinetuneResult(run.checkpoint_dir, stopped=True, step=done)
     if steps == 0 and start == 0:
         evaluate(0)
     if start < steps:
