@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adaptive", action="store_true",
                    help="certify with adaptive CERTIFY (radii of interest: the report's) into "
                         "experiments/results/n{N}-adaptive/; for --n 10000, where N=1000's radius cap cuts a radius")
-    p.add_argument("--threads", type=checks.integer(0), default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=checks.threads, default=0, help="torch CPU threads (0: torch's default)")
     from cadis.acceleration import PRECISIONS
 
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),

@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--weight-decay", type=checks.real(0), default=wd)
         p.add_argument("--warmup", type=checks.integer(0), default=warm)
         p.add_argument("--seed", type=checks.seed, default=0)
-        p.add_argument("--threads", type=checks.integer(0), default=0, help="torch CPU threads (0: torch's default)")
+        p.add_argument("--threads", type=checks.threads, default=0, help="torch CPU threads (0: torch's default)")
         p.add_argument("--checkpoint-minutes", type=checks.real(0, lo_open=True), default=3.0)
         p.add_argument("--stop-at", type=checks.integer(1), default=None,
                        help="checkpoint and stop at this step (re-run to go on)")
@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="where README.md, card.json and images go")
     card.add_argument("--seed", type=checks.seed, default=0)
     card.add_argument("--limit", type=checks.integer(1), default=None, help="measure on the first K test images only")
-    card.add_argument("--threads", type=checks.integer(0), default=0)
+    card.add_argument("--threads", type=checks.threads, default=0)
 
 
 def run(args: argparse.Namespace) -> None:

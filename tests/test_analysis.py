@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 
+import numpy as np
 import pytest
 
 from cadis.analysis.tables import (
@@ -15,15 +17,20 @@ from cadis.analysis.tables import (
     summarize,
     summary_table,
 )
+from cadis.certification.output import sidecar_path
 from cadis.cli import main
 from cadis.errors import CadisError
 
+SETTINGS = {"sigma": 0.5, "n": 100_000, "alpha": 0.001}  # what a sidecar written by `_write` says, unless told
+FLAGS = ["--sigma", "0.5", "--n", "100000", "--file-alpha", "0.001"]  # the same, for a file without a sidecar
+
 
 def _write(path, rows, config=None):
+    """Cohen's format; with `config`, a sidecar with SETTINGS and `config` (under the sidecar's current name)."""
     lines = ["idx\tlabel\tpredict\tradius\tcorrect\ttime"] + ["\t".join(map(str, r)) for r in rows]
     path.write_text("\n".join(lines) + "\n")
     if config is not None:
-        path.with_suffix(".json").write_text(json.dumps(config))
+        sidecar_path(path).write_text(json.dumps({**SETTINGS, **config}))
 
 
 def test_cohen_format_with_running_total_in_correct_is_recomputed(tmp_path):
@@ -54,7 +61,7 @@ def test_envelope_takes_the_best_run_at_each_radius(tmp_path):
 def test_analyze_cli_writes_table_and_figure(tmp_path, capsys):
     _write(tmp_path / "r.tsv", [(i, i % 3, i % 3 if i % 4 else -1, 0.1 * i, 0, 0) for i in range(8)])
     assert main(["analyze", str(tmp_path / "r.tsv"), "--csv", str(tmp_path / "t.csv"),
-                 "--html", str(tmp_path / "f.html")]) == 0
+                 "--html", str(tmp_path / "f.html"), *FLAGS]) == 0  # no sidecar: the flags give σ, N and α
     out = capsys.readouterr().out
     assert "ACR" in out and (tmp_path / "f.html").stat().st_size > 1000
     expected_acr = sum(0.1 * i for i in range(8) if i % 4) / 8  # abstains and errors count as radius 0
@@ -196,9 +203,12 @@ def test_adaptive_rows_are_recomputed_at_their_looks_level(tmp_path):
     level = look_levels(0.001, 4)[[125, 250, 500, 1000].index(n)]
     assert df["p_a_lower"].iloc[0] == lower_confidence_bound(n, n, level)
     assert 0 <= df["p_a_lower"].iloc[0] - float(written[8]) < 1e-6
-    # Without the sidecar the look is unknown: the file's radius, or the one at α if smaller, is kept.
-    (tmp_path / "adaptive.json").unlink()
+    # Without the sidecar the look is unknown: the file's radius, or the one at α if smaller, is kept; analyze
+    # (need_settings) refuses such a file, whose N it cannot know.
+    sidecar_path(out).unlink()
     assert read_results(out)["radius"].iloc[0] == float(written[3])
+    with pytest.raises(CadisError, match="has no sidecar .adaptive.tsv.json. .* give them: --sigma SIGMA --n N"):
+        read_results(out, need_settings=True)
 
 
 def test_analyze_alpha_recertifies_from_the_counts(tmp_path, capsys):
@@ -221,3 +231,111 @@ def test_analyze_alpha_recertifies_from_the_counts(tmp_path, capsys):
     _write(cohen, [(0, 1, 1, 0.5, 1, 0)])
     with pytest.raises(CadisError, match="keeps no counts"):
         read_results(cohen, alpha=0.01)
+
+
+# ---------------------------------------------------------------- rows checked against the run's σ, N and α
+
+
+def _edit(path, line: int, column: str, value) -> None:
+    """Set `column` of the file's `line` (1: the header) to `value`."""
+    lines = path.read_text().splitlines()
+    header = lines[0].split("\t")
+    fields = lines[line - 1].split("\t")
+    fields[header.index(column)] = str(value)
+    lines[line - 1] = "\t".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("column,value,message", [
+    ("alpha", 1, r"line 3: alpha 1 differs from the run's alpha=0.001 \(two.tsv.json\)"),
+    ("alpha", 0.49, "line 3: alpha 0.49 differs from the run's alpha=0.001"),
+    ("sigma", 1e6, r"line 3: sigma 1e\+06 differs from the run's sigma=0.5"),
+    ("sigma", -0.5, "line 3: sigma -0.5 differs from the run's sigma=0.5"),
+    ("sigma", 0.25, "line 3: sigma 0.25 differs from the run's sigma=0.5"),  # two σ in one file
+    ("n", 20_000, "line 3: n=20000 but the run draws exactly N=10000"),
+    ("count_a", -1, "line 3: count_a=-1 of n=10000 draws is impossible"),
+    ("count_a", 10_001, "line 3: count_a=10001 of n=10000 draws is impossible"),
+    ("radius", -0.5, "line 3: radius -0.5 is negative"),
+    ("predict", -2, "line 3: predict -2 is neither a class nor -1"),
+    ("idx", 0, "line 2 and .*two.tsv line 3 give image 0 different rows"),  # a second, conflicting row of image 0
+])
+def test_analyze_refuses_a_file_whose_rows_disagree_with_its_sidecar(column, value, message, tmp_path, capsys):
+    out = tmp_path / "two.tsv"
+    _certify_votes(out, 9000)  # 9000 of 10^4 estimation draws vote class 0
+    header, row = out.read_text().splitlines()
+    second = row.split("\t")
+    second[0], second[6] = "1", "8990"  # a second image, with other counts
+    out.write_text(f"{header}\n{row}\n{chr(9).join(second)}\n")
+    assert main(["analyze", str(out)]) == 0
+    _edit(out, 3, column, value)
+    capsys.readouterr()
+    assert main(["analyze", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err, err
+    assert re.search(message, err), err
+    with pytest.raises(CadisError):  # the library refuses it too, not only the command
+        read_results(out)
+
+
+def test_analyze_takes_the_settings_from_the_sidecar_or_refuses_without_one(tmp_path, capsys):
+    out = tmp_path / "s.tsv"
+    _certify_votes(out, 9000)
+    sidecar_path(out).unlink()
+    assert main(["analyze", str(out)]) == 2
+    assert "has no sidecar (s.tsv.json)" in capsys.readouterr().err
+    assert main(["analyze", str(out), "--sigma", "0.5", "--n", "10000", "--file-alpha", "0.001"]) == 0
+    assert main(["analyze", str(out), "--sigma", "0.25", "--n", "10000", "--file-alpha", "0.001"]) == 2
+    assert "sigma 0.5 differs from the run's sigma=0.25 (--sigma)" in capsys.readouterr().err
+    _certify_votes(tmp_path / "t.tsv", 9000)
+    assert main(["analyze", str(tmp_path / "t.tsv"), "--sigma", "0.25"]) == 2  # a flag against the sidecar
+    assert "--sigma 0.25 disagrees with" in capsys.readouterr().err
+
+
+def test_no_certificate_exceeds_the_radius_the_sidecars_sigma_n_and_alpha_allow(tmp_path):
+    from cadis.certification.smoothing import max_radius
+
+    rng = np.random.default_rng(0)
+    for sigma, n, alpha in ((0.25, 1000, 0.001), (0.5, 100, 0.01), (1.0, 10_000, 0.49)):
+        cap = max_radius(sigma, n, alpha)
+        out = tmp_path / f"s{sigma}.tsv"
+        _certify_votes(out, n, n=n, sigma=sigma, alpha=alpha)  # all N agree: the largest radius N draws give
+        lines = out.read_text().splitlines()
+        rows = [lines[1]]
+        for idx, k in enumerate(rng.integers(0, n + 1, 30), start=1):
+            fields = lines[1].split("\t")
+            fields[0], fields[3], fields[6] = str(idx), "99.0", str(k)  # a radius column that claims far too much
+            rows.append("\t".join(fields))
+        out.write_text("\n".join([lines[0], *rows]) + "\n")
+        df = read_results(out)
+        assert df["radius"].iloc[0] == cap and (df["radius"] <= cap).all()
+    # Cohen's format keeps no counts: a radius beyond the cap by more than its rounding is refused, one within it cut.
+    cap = max_radius(0.5, 100_000, 0.001)
+    _write(tmp_path / "c.tsv", [(0, 1, 1, round(cap * 1.004, 3), 1, 0), (1, 1, 1, 0.3, 1, 0)], {})
+    assert read_results(tmp_path / "c.tsv")["radius"].tolist() == [cap, 0.3]
+    _write(tmp_path / "c.tsv", [(0, 1, 1, 0.3, 1, 0), (1, 1, 1, round(cap * 1.5, 3), 1, 0)], {})
+    with pytest.raises(CadisError, match=r"c.tsv line 3: radius .* is beyond 1\.90.., the largest that N=100000"):
+        read_results(tmp_path / "c.tsv")
+
+
+def test_duplicate_rows_are_kept_once_and_shards_of_differently_split_runs_do_not_merge(tmp_path):
+    _write(tmp_path / "d.tsv", [(0, 1, 1, 0.3, 1, 0), (0, 1, 1, 0.3, 1, 5), (1, 1, 2, 0.0, 0, 0)], {})
+    assert read_results(tmp_path / "d.tsv")["idx"].tolist() == [0, 1]  # the time column may differ
+    _write(tmp_path / "a.tsv", [(0, 1, 1, 0.3, 1, 0)], {"label": "run", "shard": "0/2"})
+    _write(tmp_path / "b.tsv", [(1, 1, 1, 0.3, 1, 0)], {"label": "run", "shard": "1/3"})
+    with pytest.raises(CadisError, match=r"split into different numbers of shards \(a.tsv: 2, b.tsv: 3\)"):
+        merge_results([tmp_path / "a.tsv", tmp_path / "b.tsv"])
+    _write(tmp_path / "b.tsv", [(1, 1, 1, 0.3, 1, 0), (0, 1, 2, 0.3, 1, 0)], {"label": "run", "shard": "1/2"})
+    with pytest.raises(CadisError, match="a.tsv line 2 and .*b.tsv line 3 give image 0 different rows"):
+        merge_results([tmp_path / "a.tsv", tmp_path / "b.tsv"])
+    _write(tmp_path / "b.tsv", [(1, 1, 1, 0.3, 1, 0)], {"label": "run", "shard": "1/2"})
+    assert merge_results([tmp_path / "a.tsv", tmp_path / "b.tsv"])["run"]["idx"].tolist() == [0, 1]
+
+
+def test_every_shipped_result_file_reads_under_its_sidecar_by_the_earlier_name():
+    from conftest import ROOT
+
+    files = [f for f in sorted((ROOT / "experiments" / "results").rglob("*.tsv"))
+             if not sidecar_path(f).exists() and f.with_suffix(".json").is_file() and f.read_text().endswith("\n")]
+    assert len(files) >= 20
+    results = merge_results(files, need_settings=True)  # every row agrees with its sidecar's σ, N and α
+    assert len(results) == len(files) and all(df.attrs["config"].get("sigma") for df in results.values())

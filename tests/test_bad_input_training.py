@@ -156,7 +156,9 @@ CASES = [
     Case("finetune --eval-size -5", (*FT, "--eval-size", "-5"), "--eval-size must be"),
     Case("finetune --lora-alpha 0", (*FT, "--lora-alpha", "0"), "--lora-alpha must be"),
     Case("finetune --weight-decay inf", (*FT, "--weight-decay", "inf"), "--weight-decay must be"),
-    Case("finetune --threads -1", (*FT, "--threads", "-1"), "--threads must be >= 0"),
+    Case("finetune --threads -1", (*FT, "--threads", "-1"), "--threads: must be a whole number >= 0"),
+    Case("finetune --threads 100000", (*FT, "--threads", "100000"), "--threads: must be a whole number from 0 to"),
+    Case("finetune --seed 2**32", (*FT, "--seed", str(2**32)), "--seed must be"),
     Case("finetune --device bogus", (*FT, "--device", "bogus"), "is not a device"),
     Case("finetune --dataset beside a preset", (*FT, "--dataset", "{tmp}/no-such-folder"),
          "needs --denoiser and --classifier"),  # used or refused, never ignored

@@ -171,7 +171,7 @@ def test_certify_brings_a_folder_of_rgb_images_to_the_denoiser_and_the_sidecar_s
                  "--dataset", str(root), "--sigma", "0.25", "--n0", "4", "--n", "8", "--batch-size", "8",
                  "--out", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 3
-    note = json.loads((tmp_path / "r.json").read_text())["images"]
+    note = json.loads((tmp_path / "r.tsv.json").read_text())["images"]  # the sidecar: FILE.json
     assert "RGB images converted to 1 channel" in note and "resized from" in note and "to 28×28" in note
 
 

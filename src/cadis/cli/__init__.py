@@ -8,7 +8,7 @@ import sys
 from types import ModuleType
 
 from cadis.cli import analyze, certify, finetune
-from cadis.errors import CadisError
+from cadis.errors import CadisError, os_error_line
 
 COMMANDS = {"certify": certify, "analyze": analyze, "finetune": finetune}
 
@@ -39,10 +39,16 @@ def main(argv: list[str] | None = None, commands: dict[str, ModuleType] = COMMAN
         args = build_parser(commands, prog, description).parse_args(argv)
     except SystemExit as e:  # a flag refused (one line on stderr), or --help
         return e.code if isinstance(e.code, int) else 2
+    except OSError as e:  # a path check of a flag's type: a name too long, an unreadable folder
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 2
     try:
         commands[args.command].run(args)
     except CadisError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused something no check foresaw: still one line, not a traceback
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)

@@ -15,9 +15,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("files", nargs="+", help="result TSVs (shards of one run are merged)")
     p.add_argument("--radii", type=checks.reals(0, hint="e.g. 0,0.25,0.5"), default=(0, 0.25, 0.5, 0.75, 1.0),
                    help="comma-separated radii")
-    p.add_argument("--alpha", type=checks.real(0, 0.5, True, True, "e.g. 0.01"),
+    p.add_argument("--alpha", type=checks.run_setting("alpha"),
                    help="re-certify offline from the stored counts at this failure probability instead of the "
                         "files' (needs the count columns and, for adaptive runs, the sidecar)")
+    p.add_argument("--sigma", type=checks.run_setting("sigma"),
+                   help="for files without a sidecar (e.g. Cohen's): the σ they were certified at")
+    p.add_argument("--n", type=checks.run_setting("n"),
+                   help="for files without a sidecar: the number of estimation draws N")
+    p.add_argument("--file-alpha", type=checks.run_setting("alpha"),
+                   help="for files without a sidecar: the α they were certified at (--alpha re-certifies)")
     p.add_argument("--envelope", action="store_true", help="add the best-σ envelope over the files")
     p.add_argument("--csv", type=checks.output_file, help="also write the table as CSV (missing folders are made)")
     p.add_argument("--markdown", type=checks.output_file, help="also write the table as markdown")
@@ -28,7 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _check_outputs(args: argparse.Namespace) -> list[tuple[Path, str]]:
     """The files to write: never one of the inputs or their sidecars, never two flags on one path."""
-    inputs = {Path(f).resolve() for f in args.files} | {Path(f).with_suffix(".json").resolve() for f in args.files}
+    from cadis.certification.output import legacy_sidecar_path, sidecar_path
+
+    inputs = {Path(f).resolve() for f in args.files}
+    inputs |= {side(f).resolve() for f in args.files for side in (sidecar_path, legacy_sidecar_path)}
     outputs: list[tuple[Path, str]] = []
     for flag in ("csv", "markdown", "html"):
         path = getattr(args, flag)
@@ -64,7 +73,10 @@ def run(args: argparse.Namespace) -> None:
     outputs = _check_outputs(args)
     if args.paired and len(args.files) < 2:
         raise CadisError("--paired needs at least two runs.")
-    results = merge_results(args.files, args.alpha)
+    # Every row is checked against its run's σ, N and α: from the sidecar, else from the flags.
+    settings = {"sigma": args.sigma, "n": args.n, "alpha": args.file_alpha}
+    results = merge_results(args.files, args.alpha, {k: v for k, v in settings.items() if v is not None},
+                            need_settings=True)
     table = summary_table(results, radii, args.envelope)
     markdown = summary_markdown(table)
     if args.alpha is not None:

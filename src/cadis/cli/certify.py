@@ -16,14 +16,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", help="where the dataset lives (default: the usual places)")
     p.add_argument("--download", action="store_true", help="download the dataset if missing (online)")
     p.add_argument("--split", default="test")
-    p.add_argument("--sigma", type=checks.real(0, lo_open=True, hint="try 0.25 or 0.5"),
+    p.add_argument("--sigma", type=checks.run_setting("sigma", check=False),
                    help="noise level in [0,1] pixel units (default: the preset's)")
-    p.add_argument("--n0", type=checks.integer(1, hint="100 is usual"),
+    p.add_argument("--n0", type=checks.run_setting("n0", check=False),
                    help="draws to choose the class (default: the preset's, else 100)")
-    p.add_argument("--n", type=checks.integer(1, hint="10000 or more is usual"),
-                   help="draws to estimate p_A (default: the preset's, else 10000)")
-    p.add_argument("--alpha", type=checks.real(0, 0.5, True, True, "0.001 is usual"), default=0.001,
-                   help="failure probability")
+    p.add_argument("--n", type=checks.run_setting("n", check=False),
+                   help="draws to estimate p_A (default: the preset's, else 10000; at most 10^7)")
+    p.add_argument("--alpha", type=checks.run_setting("alpha", check=False), default=0.001, help="failure probability")
     p.add_argument("--batch-size", type=checks.batch_size,
                    help="draws per forward pass, or 'auto': the largest that fits in GPU memory")
     p.add_argument("--max", type=checks.integer(1), default=None, help="stop before this index")
@@ -46,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--radii", type=checks.reals(0, allow_empty=True, hint="e.g. 0.25,0.5"), default=(),
                    help="adaptive: comma-separated radii of interest; stop once none of them can still be crossed")
     p.add_argument("--out", type=checks.results_file, required=True,
-                   help="result TSV (a sidecar .json gets the configuration); locked while a run writes it")
+                   help="result TSV (FILE.json gets the configuration); locked while a run writes it")
     p.add_argument("--fresh", action="store_true", help="overwrite an existing result file")
 
 
@@ -54,7 +53,9 @@ def _acceleration_args(p: argparse.ArgumentParser) -> None:
     from cadis.acceleration import PRECISIONS
 
     p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
-                   help="autocast precision of the base classifier (auto: bf16 on GPUs, fp32 on CPUs)")
+                   help="autocast precision of the models (auto: bf16 on GPUs; on a CPU, fp32 or bf16, whichever "
+                   "this machine runs these models faster, timed once and cached in ~/.cache/cadis; a resumed run "
+                   "keeps the precision its file was started with)")
     p.add_argument("--compile", action="store_true", help="torch.compile the denoiser and classifier (cached)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
 
@@ -73,20 +74,17 @@ def _cuda() -> bool:
 
 
 def run(args: argparse.Namespace) -> None:
+    from dataclasses import replace
     from pathlib import Path
 
+    import torch
+
     from cadis.certification.adaptive import AdaptiveSettings, default_tolerance
-    from cadis.certification.runner import (
-        CertifyConfig,
-        certify_dataset,
-        check_output,
-        check_selection,
-        merge_shards,
-        shard_path,
-    )
-    from cadis.certification.smoothing import DenoisedSmoothing, check_parameters
+    from cadis.certification.runner import CertifyConfig, certify_dataset, check_output, merge_shards, shard_path
+    from cadis.certification.smoothing import DenoisedSmoothing
     from cadis.cli import checks
     from cadis.data import load_dataset
+    from cadis.distributed import barrier, launched, process_group
     from cadis.models.denoiser import DiffusionDenoiser
     from cadis.models.loading import load_classifier
     from cadis.models.presets import SEARCH_ROOTS, resolve_models
@@ -100,38 +98,37 @@ def run(args: argparse.Namespace) -> None:
     n = args.n if args.n is not None else (preset.n if preset else 10000)
     batch_size = args.batch_size if args.batch_size is not None else (preset.batch_size if preset else 256)
     batch_size = None if batch_size == "auto" else batch_size  # None: fit to GPU memory once the models load
-    check_parameters(sigma=sigma, alpha=args.alpha, n0=n0, n=n)
     shard = args.shard
-    from cadis.distributed import barrier, launched, process_group
-
     rank, world, local_rank = launched()
     if world > 1:  # under torchrun each rank takes its shard; rank 0 merges at the end
         shard = (rank, world)
         if args.device.startswith("cuda"):
             args.device = f"cuda:{local_rank}"
-    check_selection(args.skip, shard)
-    radii = args.radii
-    adaptive = None
+    acceleration = _acceleration(args)
+    # CertifyConfig checks σ, α, N0, N, the selection and the device (the one place they are checked).
+    config = CertifyConfig(denoiser=str(denoiser_spec), classifier=str(classifier_spec), dataset=dataset_name,
+                           split=args.split, sigma=sigma, n0=n0, n=n, alpha=args.alpha, seed=args.seed,
+                           batch_size=batch_size or 1, mode=args.mode, steps=args.steps, sampler=args.sampler,
+                           acceleration=acceleration, skip=args.skip, max_index=args.max, shard=shard,
+                           preset=args.preset, label=args.label, device=args.device)
     if args.adaptive:
-        adaptive = AdaptiveSettings(default_tolerance(sigma) if args.tolerance is None else args.tolerance,
-                                    tuple(radii))
+        tolerance = default_tolerance(sigma) if args.tolerance is None else args.tolerance
+        config = replace(config, adaptive=AdaptiveSettings(tolerance, tuple(args.radii)))
     out = shard_path(Path(args.out), shard)
     check_output(out)
     dataset = load_dataset(dataset_name, args.split, args.data_root, args.download)
     if not preset.custom:
         preset.check_available()
-    acceleration = _acceleration(args)
     denoiser = DiffusionDenoiser.from_pretrained(denoiser_spec, args.device)
     classifier = load_classifier(classifier_spec, args.device, SEARCH_ROOTS)
     kwargs = {"steps": args.steps, "sampler": args.sampler} if args.mode == "multistep" else {}
-    smooth = DenoisedSmoothing(denoiser, classifier, sigma, batch_size or 1, args.mode, acceleration, **kwargs)
+    smooth = DenoisedSmoothing(denoiser, classifier, sigma, config.batch_size, args.mode, acceleration, **kwargs)
     if batch_size is None:
-        batch_size = smooth.batch_size = _fit_batch_size(smooth, dataset[0][0].to(args.device))
-    config = CertifyConfig(denoiser=str(denoiser_spec), classifier=str(classifier_spec), dataset=dataset_name,
-                           split=args.split, sigma=sigma, n0=n0, n=n, alpha=args.alpha, seed=args.seed,
-                           batch_size=batch_size, mode=args.mode, steps=args.steps, sampler=args.sampler,
-                           acceleration=acceleration, adaptive=adaptive, skip=args.skip, max_index=args.max,
-                           shard=shard, preset=args.preset, label=args.label, device=args.device)
+        x = torch.zeros(smooth.denoiser.image_shape, device=args.device)  # a dataset's images are fitted later
+        config = replace(config, batch_size=_fit_batch_size(smooth, x))
+        smooth.batch_size = config.batch_size
+    if args.precision == "auto" and not _cuda_device(args.device):
+        config = _measured(smooth, config, out, args.fresh)
     certify_dataset(smooth, dataset, out, config, args.fresh)
     if world > 1:
         with process_group(cpu_only=True):  # only to wait for every shard before merging
@@ -139,6 +136,43 @@ def run(args: argparse.Namespace) -> None:
             if shard[0] == 0:
                 out = merge_shards(Path(args.out), world)
     print(f"wrote {out}")
+
+
+def _cuda_device(device: str) -> bool:
+    import torch
+
+    return torch.device(device).type == "cuda"
+
+
+def _measured(smooth, config, out, fresh: bool):
+    """--precision auto on a CPU: the precision its file was started with when resuming, else the one this machine
+    runs these models fastest at (timed once per machine and model, cached); the sidecar records why."""
+    from dataclasses import replace
+
+    import torch
+
+    from cadis.acceleration import measured_precision
+    from cadis.certification.output import find_sidecar, read_sidecar
+    from cadis.errors import CadisError
+
+    started, side = None, None if fresh else find_sidecar(out)
+    if side is not None:
+        try:
+            started = (read_sidecar(side, out, "").get("acceleration") or {}).get("precision")
+        except (CadisError, AttributeError):
+            started = None  # the runner explains an unreadable sidecar
+    if started in ("fp32", "bf16"):
+        precision, record = started, {"resumed": True}
+    else:
+        batch, shape = min(config.batch_size, 64), smooth.denoiser.image_shape  # speed does not depend on content
+        noisy = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0)).to(smooth.denoiser.device)
+        noisy = noisy + config.sigma * torch.randn_like(noisy)
+        key = f"{config.denoiser}|{config.classifier}|{config.mode}|sigma={config.sigma:g}|batch={batch}"
+        precision, record = measured_precision(smooth.classify_noisy, noisy, key)
+    acceleration = replace(config.acceleration, precision=precision)
+    smooth.acceleration = acceleration
+    notes = {**config.notes, "precision_auto": {"precision": precision, **record}}
+    return replace(config, acceleration=acceleration, notes=notes)
 
 
 def _fit_batch_size(smooth, x, start: int = 4096) -> int:

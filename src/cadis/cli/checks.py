@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
-from cadis.errors import CadisError
-
-# torch seeds are 64-bit and each image's stream is seed * 1_000_003 + index (seeds.py): 2^32 keeps clear of it.
-MAX_SEED = 2**32
+from cadis.errors import CadisError, quote
+from cadis.seeds import MAX_SEED
 
 
 def _bounds(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
@@ -44,10 +43,10 @@ def real(lo: float | None = None, hi: float | None = None, lo_open: bool = False
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number (got {text!r}){hint}") from None
+            raise argparse.ArgumentTypeError(f"must be a number (got {quote(text)}){hint}") from None
         if not math.isfinite(value) or not _within(value, lo, hi, lo_open, hi_open):
             raise argparse.ArgumentTypeError(f"must be a finite number {_bounds(lo, hi, lo_open, hi_open)} "
-                                             f"(got {text}){hint}")
+                                             f"(got {quote(text)}){hint}")
         return value
 
     parse.__name__ = "number"
@@ -68,11 +67,11 @@ def integer(lo: int | None = None, hi: int | None = None, hint: str = "") -> Cal
                 number = math.nan
             if not (math.isfinite(number) and number == int(number)):
                 raise argparse.ArgumentTypeError(f"must be a whole number {_bounds(lo, hi, False, True)} "
-                                                 f"(got {text!r}){hint}") from None
+                                                 f"(got {quote(text)}){hint}") from None
             value = int(number)
         if not _within(value, lo, hi, False, True):
             raise argparse.ArgumentTypeError(f"must be a whole number {_bounds(lo, hi, False, True)} "
-                                             f"(got {text}){hint}")
+                                             f"(got {quote(text)}){hint}")
         return value
 
     parse.__name__ = "integer"
@@ -88,19 +87,64 @@ def reals(lo: float | None = None, hi: float | None = None, lo_open: bool = Fals
     def parse(text: str) -> tuple[float, ...]:
         parts = [p.strip() for p in text.split(",") if p.strip()]
         if not parts and not allow_empty:
-            raise argparse.ArgumentTypeError(f"needs at least one number (got {text!r}){hint}")
+            raise argparse.ArgumentTypeError(f"needs at least one number (got {quote(text)}){hint}")
         try:
             return tuple(one(p) for p in parts)
         except argparse.ArgumentTypeError:
             raise argparse.ArgumentTypeError(f"must be comma-separated finite numbers "
-                                             f"{_bounds(lo, hi, lo_open, False)} (got {text!r}){hint}") from None
+                                             f"{_bounds(lo, hi, lo_open, False)} (got {quote(text)}){hint}") from None
 
     parse.__name__ = "numbers"
     return parse
 
 
+def run_setting(name: str, check: bool = True) -> Callable[[str], float | int]:
+    """A run's sigma, alpha, n0 or n, judged by `parameters.parameter_problem` (the one rule). With `check`
+    False the text is only parsed as a number (nan and inf included): certify leaves the range to CertifyConfig,
+    so that its settings are checked once, in one place, whether they come from flags or from a preset."""
+
+    def parse(text: str) -> float | int:
+        from cadis.certification.parameters import parameter_problem
+
+        try:
+            value: float | int = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(parameter_problem(name, text)) from None
+        if isinstance(value, float) and name in ("n0", "n") and math.isfinite(value) and value == int(value):
+            value = int(value)  # 1e5
+        problem = parameter_problem(name, value) if check else None
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def check_threads(count: int, flag: str = "--threads") -> int:
+    """`count` torch CPU threads (0: torch's default), or a CadisError: OpenMP aborts the process when asked
+    for far more threads than the machine has."""
+    cores = os.cpu_count() or 1
+    if not 0 <= count <= cores:
+        raise CadisError(f"{flag} must be a whole number from 0 to {cores}, this machine's CPU count (got "
+                         f"{quote(count)}); 0 keeps torch's default.")
+    return count
+
+
+def threads(text: str) -> int:
+    """argparse type for --threads: a whole number from 0 to the machine's CPU count (see `check_threads`)."""
+    value = integer(0, hint="0 keeps torch's default")(text)
+    try:
+        return check_threads(value)
+    except CadisError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--threads ").rstrip(".")) from None
+
+
 def seed(text: str) -> int:
-    return integer(0, MAX_SEED - 1, "e.g. 0")(text)
+    return integer(0, MAX_SEED, "e.g. 0")(text)
 
 
 def shard(text: str) -> tuple[int, int]:
@@ -108,9 +152,9 @@ def shard(text: str) -> tuple[int, int]:
     try:
         i, k = (int(v) for v in text.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must look like I/K, e.g. 0/4 (got {text!r})") from None
+        raise argparse.ArgumentTypeError(f"must look like I/K, e.g. 0/4 (got {quote(text)})") from None
     if not 0 <= i < k:
-        raise argparse.ArgumentTypeError(f"I/K needs 0 <= I < K, e.g. 0/4 (got {text!r})")
+        raise argparse.ArgumentTypeError(f"I/K needs 0 <= I < K, e.g. 0/4 (got {quote(text)})")
     return i, k
 
 
@@ -119,7 +163,7 @@ def batch_size(text: str) -> int | str:
     if text == "auto":
         return text
     if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto' (got {text!r})")
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto' (got {quote(text)})")
     return int(text)
 
 
@@ -130,7 +174,7 @@ def device(name: str) -> str:
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
-        raise CadisError(f"--device {name!r} is not a device; use cpu, cuda, cuda:1 or mps.") from None
+        raise CadisError(f"--device {quote(name)} is not a device; use cpu, cuda, cuda:1 or mps.") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise CadisError(f"--device {name}: CUDA is not available here; use --device cpu.")
@@ -144,22 +188,18 @@ def device(name: str) -> str:
 
 
 def results_file(text: str) -> Path:
-    """--out of certify: a result TSV. Its sidecar is FILE.json, so FILE itself may not end in .json."""
-    path = Path(text)
-    if path.suffix.lower() == ".json":
-        raise argparse.ArgumentTypeError(f"{text} ends in .json, the name of the results' sidecar; "
-                                         f"use {path.with_suffix('.tsv')}")
-    from cadis.certification.runner import file_problem
+    """--out of certify: a result TSV (a regular file, not ending in .json: its sidecar is FILE.json)."""
+    from cadis.certification.output import output_problem
 
-    problem = file_problem(path)
+    problem = output_problem(text)
     if problem:
         raise argparse.ArgumentTypeError(problem)
-    return path
+    return Path(text)
 
 
 def output_file(text: str) -> Path:
     """A file analyze writes (--csv, --markdown, --html); missing folders are created when it is written."""
-    from cadis.certification.runner import file_problem
+    from cadis.certification.output import file_problem
 
     problem = file_problem(text)
     if problem:

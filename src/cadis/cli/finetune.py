@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cadis.cli import checks
 from cadis.errors import CadisError
 
 
@@ -24,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_flags(p, FinetuneConfig)  # the run's settings, declared once in FinetuneConfig
     p.add_argument("--fresh", action="store_true",
                    help="start over: delete the run already in --out (checkpoint, metrics, model) instead of resuming")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=checks.threads, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available); torchrun picks per process")
 
 
@@ -39,8 +40,6 @@ def run(args: argparse.Namespace) -> None:
     from cadis.training.finetune import FinetuneConfig, finetune
     from cadis.training.run_dir import check_writable
 
-    if args.threads < 0:
-        raise CadisError(f"--threads must be >= 0 (got {args.threads}); 0 keeps torch's default.")
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, _, local_rank = launched()

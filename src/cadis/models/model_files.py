@@ -36,6 +36,8 @@ def read_json_object(path: str | os.PathLike, fix: str = RESTORE) -> dict:
         data = json.loads(text)
     except ValueError as e:
         raise CadisError(f"{path} is not valid JSON ({first_line(e)}); {fix}.") from e
+    except RecursionError:  # nested deeper than Python's parser recurses: no model config is
+        raise CadisError(f"{path} is nested too deeply to be a model configuration; {fix}.") from None
     if not isinstance(data, dict):
         raise CadisError(f"{path} holds a JSON {type(data).__name__}, not an object; {fix}.")
     return data

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from cadis.data import ASSETS, ImageDataset, load_dataset
-from cadis.errors import CadisError
+from cadis.errors import CadisError, quote
 from cadis.models.classifier import ImageClassifier
 from cadis.models.denoiser import DiffusionDenoiser
 from cadis.models.loading import ModelSpec, is_local, load_classifier, parse_spec
@@ -78,7 +78,7 @@ PRESETS: dict[str, Preset] = {
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        raise CadisError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.")
+        raise CadisError(f"Unknown preset {quote(name)}; choose one of: {', '.join(PRESETS)}.")
     return PRESETS[name]
 
 
