@@ -11,11 +11,8 @@ Hosting mode ($CADIS_HOSTED=1, or on a Hugging Face Space, which sets $SPACE_ID)
 from __future__ import annotations
 
 import functools
-import json
-import math
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,43 +20,27 @@ import gradio as gr
 import numpy as np
 from gradio_client import utils as client_utils
 from PIL import Image
+from starlette.middleware import Middleware
 
 from apps.ui.certification import certify_one, top_counts
-from apps.ui.hosting import HOSTED_LIMITS, LOCAL_LIMITS, hosted, max_n
+from apps.ui.demo_input import SOURCES, TEST_IMAGE, UPLOAD, Request, as_whole, check_request, log_refusal
+from apps.ui.hosting import HOSTED_LIMITS, LOCAL_LIMITS, hosted, max_n, model_label
 from apps.ui.models import ModelBundle, is_custom, load_bundle, model_source
 from apps.ui.pictures import to_uint8
-from apps.ui.uploads import check_run_parameters
+from apps.ui.uploads import UploadBodyCap, admit_uploads, file_sizes
 from cadis.analysis.hallucination import score_draws
 from cadis.certification.smoothing import ABSTAIN, Certificate, max_radius
 from cadis.data import ImageDataset
 from cadis.errors import CadisError
 from cadis.images import EXTENSIONS, FORMAT_NAMES, MAX_UPLOAD_BYTES, image_from_path
-from cadis.models.loading import ADAPTER_META, parse_spec
 from cadis.models.presets import Preset
 
 GALLERY_DRAWS = 16
-TEST_IMAGE, UPLOAD = "Test image", "Upload"
-SOURCES = (TEST_IMAGE, UPLOAD)
 LOCAL_MAX_N, HOSTED_MAX_N = LOCAL_LIMITS.n, HOSTED_LIMITS.n  # the apps' one cap (apps.ui.hosting)
 QUEUE_SIZE = 32  # visitors waiting beyond this are told the queue is full instead of waiting for minutes
 # Gradio's upload cache: every 10 minutes, delete what this app stored more than 30 minutes ago (uploads and
 # outputs; the example images are kept). Everything it stored goes when the server stops.
 DELETE_CACHE = (600, 1800)
-
-
-@dataclass(frozen=True)
-class Request:
-    """A checked certification request: which image (and how it is named in the result), and the parameters."""
-
-    source: str
-    image_name: str
-    sigma: float
-    n: int
-    alpha: float
-    index: int | None = None  # a test image's index
-    path: str | None = None  # an upload's file here, and its name as the visitor sent it
-    file_name: str | None = None
-    label: int | None = None  # the true class, when known
 
 
 # ---------------------------------------------------------------- models, data and examples
@@ -102,85 +83,6 @@ def example_picture(index: int) -> str:
     return str(path)
 
 
-def describe_model(spec: str) -> str:
-    """A model spec as a reader recognises it: project paths relative, an adapter with its base."""
-    parsed = parse_spec(spec)
-    if parsed.path is None:
-        return str(parsed)
-    path = parsed.path.expanduser()
-    try:
-        shown = str(path.resolve().relative_to(Path(__file__).resolve().parent))
-    except ValueError:
-        shown = str(path)
-    if parsed.source == "adapter":
-        try:
-            meta = json.loads((path / ADAPTER_META).read_text())
-            base = meta.get("base_classifier_in_project") or meta.get("base_classifier") or ""
-        except (OSError, ValueError, AttributeError):
-            base = ""
-        return f"LoRA adapter {shown}" + (f" on {base}" if base else "")
-    return f"{parsed.source}:{shown}" if parsed.source == "local-dir" else shown
-
-
-# ---------------------------------------------------------------- checking a request
-
-
-def _number(value: Any, what: str, example: str) -> float:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise CadisError(f"{what} is missing; send a number, e.g. {example}.")
-    if isinstance(value, bool):
-        raise CadisError(f"{what} must be a number, e.g. {example} (got {value!r}).")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise CadisError(f"{what} must be a number, e.g. {example} (got {value!r}).") from None
-    if not math.isfinite(number):
-        raise CadisError(f"{what} must be a finite number, e.g. {example} (got {value!r}).")
-    return number
-
-
-def _whole(value: Any, what: str, example: str) -> int:
-    number = _number(value, what, example)
-    if number != int(number):
-        raise CadisError(f"{what} must be a whole number, e.g. {example} (got {value!r}).")
-    return int(number)
-
-
-def check_request(source: Any, upload: Any, index: Any, true_class: Any, sigma: Any, n: Any, alpha: Any,
-                  *, n0: int, classes: list[str], labels, cap: int) -> Request:
-    """Every input of `/certify` checked, with a CadisError that says what to send instead.
-
-    Only the chosen source is read: the test image's index when it is "Test image", the file (and the
-    optional true class) when it is "Upload"; the other is ignored, whatever it holds. A test image's true
-    class is its label in `labels`."""
-    if source not in SOURCES:
-        got = "nothing" if source is None else repr(source)
-        raise CadisError(f"Say which image to certify: source must be {SOURCES[0]!r} or {SOURCES[1]!r} (got {got}).")
-    sigma = _number(sigma, "σ (sigma)", "0.25")
-    n = _whole(n, "N (the number of draws)", "1000")
-    alpha = _number(alpha, "α (alpha)", "0.001")
-    check_run_parameters(sigma=sigma, alpha=alpha, n0=n0, n=n)
-    if n > cap:
-        raise CadisError(f"N = {n} is above this server's cap of {cap} draws, which keeps the wait short for "
-                         "everyone; lower N, or run `cadis certify` on your own machine.")
-    if source == TEST_IMAGE:
-        i = _whole(index, "The test-image index", "0")
-        if not 0 <= i < len(labels):
-            raise CadisError(f"Test image {i} does not exist; pick 0 … {len(labels) - 1}.")
-        return Request(source, f"test image #{i}", sigma, n, alpha, index=i, label=int(labels[i]))
-    if not upload:
-        raise CadisError(f"No file was uploaded; upload a {FORMAT_NAMES} image, or set the source to "
-                         f"{TEST_IMAGE!r} to certify a test image.")
-    path = Path(str(upload))
-    name = getattr(upload, "orig_name", None) or path.name
-    label = None
-    if true_class not in (None, ""):
-        if true_class not in classes:
-            raise CadisError(f"Unknown true class {true_class!r}; pick one of {', '.join(classes)}, or none.")
-        label = classes.index(true_class)
-    return Request(source, f"your upload {name}", sigma, n, alpha, path=str(path), file_name=name, label=label)
-
-
 # ---------------------------------------------------------------- what a result says
 
 
@@ -198,7 +100,7 @@ def result_details(req: Request, cert: Certificate, classes: list[str], n0: int,
         "radius": round(cert.radius, 4), "largest_radius": round(cap, 4),
         "at_largest_radius": (not abstained) and cert.count_a == cert.n,
         "count_a": cert.count_a, "p_a_lower": round(cert.p_a_lower, 6),
-        "classifier": describe_model(p.classifier), "denoiser": describe_model(p.denoiser), "preset": p.name,
+        "classifier": model_label(p.classifier), "denoiser": model_label(p.denoiser), "preset": p.name,
         "sigma": req.sigma, "n0": n0, "n": req.n, "alpha": req.alpha,
     }
 
@@ -234,16 +136,28 @@ def verdict_markdown(d: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- the event handlers
 
 
+def refused(e: CadisError, value: Any) -> gr.Error:
+    """A refused request: one line in the server log, the message in the visitor's page, no traceback."""
+    log_refusal(str(e), value)
+    return gr.Error(str(e), print_exception=False)
+
+
+def _visitor(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "local"  # a browser session (or API client) of the demo
+
+
 def certify(source: str | None, upload: str | None, index: float | None, true_class: str | None,
             sigma: float | None, n: float | None, alpha: float | None,
-            progress: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008 (gradio's documented pattern)
+            progress: gr.Progress = gr.Progress(),  # noqa: B008 (gradio's documented pattern)
+            request: gr.Request | None = None) -> tuple:
     """Certify the chosen image: test image `index` when `source` is "Test image", the file when "Upload"."""
     try:
         b = _bundle()
         n0 = b.preset.n0
         req = check_request(source, upload, index, true_class, sigma, n, alpha, n0=n0,
                             classes=list(b.dataset.classes), labels=b.dataset.labels, cap=max_n())
-        if req.path is not None:
+        if req.path is not None:  # sizes from the disk first: nothing is opened past the caps
+            admit_uploads(_visitor(request), file_sizes([req.path]), most=1)
             x = image_from_path(req.path, b.input_shape, name=req.file_name)
         else:
             x, _ = b.dataset[req.index]
@@ -255,7 +169,7 @@ def certify(source: str | None, upload: str | None, index: float | None, true_cl
                                                                          unit="draws"),
                                    batch_size=min(b.preset.batch_size, 100))
     except CadisError as e:
-        raise gr.Error(str(e)) from e
+        raise refused(e, {"source": source, "index": index, "sigma": sigma, "n": n, "alpha": alpha}) from None
     gallery = [(to_uint8(d, 4), f"{b.classes[p]} {c:.0%}")
                for d, p, c in zip(draws.denoised, draws.top1.tolist(), draws.confidence.tolist())]
     details = result_details(req, cert, b.classes, n0, b.preset, list(b.dataset.classes))
@@ -268,23 +182,25 @@ def preview_test_image(index: float | None) -> tuple:
     """The chosen test image and its class; choosing one makes "Test image" the source."""
     data = _test_set()
     try:
-        i = _whole(index, "The test-image index", "0")
+        i = as_whole(index, "The test-image index", "0")
+        if not 0 <= i < len(data):
+            raise CadisError(f"Test image {i} does not exist; pick 0 … {len(data) - 1}.")
     except CadisError as e:
-        raise gr.Error(str(e)) from e
-    if not 0 <= i < len(data):
-        raise gr.Error(f"Test image {i} does not exist; pick 0 … {len(data) - 1}.")
+        raise refused(e, index) from None
     caption = f"Test image #{i}: {data.classes[int(data.labels[i])]}"
     return gr.update(value=example_picture(i), label=caption), TEST_IMAGE
 
 
-def preview_upload(upload: str | None) -> tuple:
+def preview_upload(upload: str | None, request: gr.Request | None = None) -> tuple:
     """What the model will see of the upload (or why it cannot); uploading makes "Upload" the source."""
     if not upload:
         return None, "", gr.update()
     name = getattr(upload, "orig_name", None) or Path(str(upload)).name
     try:
+        admit_uploads(_visitor(request), file_sizes([str(upload)]), most=1)
         x = image_from_path(str(upload), _bundle().input_shape, name=name)
     except CadisError as e:
+        log_refusal(str(e), name)
         return None, f"**Cannot use this file:** {e}", UPLOAD
     return to_uint8(x, 8), f"The model sees {name} like this ({x.shape[-1]}×{x.shape[-2]}).", UPLOAD
 
@@ -310,15 +226,21 @@ def _as_sent(component: gr.components.Component) -> gr.components.Component:
 def _uploads_only(upload: gr.File) -> gr.File:
     """Take only files uploaded to this server (within `max_file_size`): a URL sent through the API is
     refused instead of downloaded by Gradio, with no size limit, into its cache."""
-    fetch = upload.async_move_resource_to_block_cache
+    fetch, preprocess = upload.async_move_resource_to_block_cache, upload.preprocess
 
     async def move(url_or_file_path: str | Path | None) -> str | None:
         if url_or_file_path is not None and client_utils.is_http_url_like(str(url_or_file_path)):
-            raise gr.Error("The demo does not fetch URLs: download the image and upload the file "
-                           "(gradio_client.handle_file with a local path).")
+            raise refused(CadisError("The demo does not fetch URLs: download the image and upload the file "
+                                     "(gradio_client.handle_file with a local path)."), url_or_file_path)
         return await fetch(url_or_file_path)
 
-    upload.async_move_resource_to_block_cache = move
+    def checked(payload: Any) -> Any:  # Gradio's own refusals (e.g. the file type): one log line, no traceback
+        try:
+            return preprocess(payload)
+        except gr.Error as e:
+            raise refused(CadisError(e.message), getattr(payload, "orig_name", None) or payload) from None
+
+    upload.async_move_resource_to_block_cache, upload.preprocess = move, checked
     return upload
 
 
@@ -332,16 +254,17 @@ def build_demo() -> gr.Blocks:
                     "Denoised smoothing: add Gaussian noise (σ), denoise with a diffusion model, classify, and "
                     "vote over N draws. The radius is guaranteed with probability 1 − α. "
                     f"Models: the **{p.name}** preset{' with replaced models' if is_custom(p) else ''} "
-                    f"({p.dataset}): classifier {describe_model(p.classifier)}, denoiser "
-                    f"{describe_model(p.denoiser)}. N0 = {p.n0} draws pick the class before the N that certify "
+                    f"({p.dataset}): classifier {model_label(p.classifier)}, denoiser "
+                    f"{model_label(p.denoiser)}. N0 = {p.n0} draws pick the class before the N that certify "
                     "it." + (f" This shared server certifies one image at a time (N ≤ {cap}); your place in the "
                              "queue is shown while you wait." if hosted() else ""))
         with gr.Row():
             with gr.Column():
-                source = gr.Radio(list(SOURCES), value=TEST_IMAGE, label="Image to certify",
-                                  info="Only the chosen one is used; the result says which.")
+                source = _as_sent(gr.Radio(list(SOURCES), value=TEST_IMAGE, label="Image to certify",
+                                           info="Only the chosen one is used; the result says which."))
                 with gr.Group(visible=True) as test_group:
-                    index = gr.Number(label=f"Test image index (0 … {len(data) - 1})", value=0, precision=0)
+                    index = _as_sent(gr.Number(label=f"Test image index (0 … {len(data) - 1})", value=0,
+                                               precision=0))
                     test_preview = gr.Image(value=example_picture(0), type="filepath", interactive=False,
                                             label=f"Test image #0: {data.classes[int(data.labels[0])]}",
                                             height=180, buttons=[])
@@ -351,15 +274,16 @@ def build_demo() -> gr.Blocks:
                                                    file_types=list(EXTENSIONS), type="filepath"))
                     upload_note = gr.Markdown()
                     upload_preview = gr.Image(label="What the model sees", interactive=False, height=180, buttons=[])
-                    true_class = gr.Dropdown(list(data.classes), value=None, label="True class (optional)",
-                                             info="Give it and the result says whether the prediction is correct.")
+                    true_class = _as_sent(gr.Dropdown(
+                        list(data.classes), value=None, label="True class (optional)",
+                        info="Give it and the result says whether the prediction is correct."))
                 gr.Examples([[example_picture(i), i] for i in picks], [test_preview, index], visible_columns=[0],
                             label="Examples from the test set, one per class: click one, then Certify",
                             examples_per_page=len(picks), api_visibility="private")
                 sigma = _as_sent(gr.Slider(0.01, 1.0, value=p.sigma, step=0.01, label="Noise level σ"))
                 n = _as_sent(gr.Slider(p.n0, cap, value=min(p.n, cap), step=10,
                                        label=f"N draws (N0 = {p.n0} more pick the class; at most {cap} here)"))
-                alpha = gr.Number(label="α (failure probability)", value=0.001)
+                alpha = _as_sent(gr.Number(label="α (failure probability)", value=0.001))
                 run = gr.Button("Certify", variant="primary")
             with gr.Column():
                 verdict = gr.Markdown("The result appears here when a run finishes.")
@@ -389,5 +313,8 @@ demo = build_demo().queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
 
 
 def launch(**kwargs):
-    """Launch with the upload limit enforced by Gradio while it receives a file, before any of it is kept."""
-    return demo.launch(max_file_size=MAX_UPLOAD_BYTES, **kwargs)
+    """Launch with the upload limits enforced before any of it is kept: each file's by Gradio while it arrives,
+    a request's total from its Content-Length (`UploadBodyCap`)."""
+    app_kwargs = kwargs.pop("app_kwargs", None) or {}
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(UploadBodyCap)]
+    return demo.launch(max_file_size=MAX_UPLOAD_BYTES, app_kwargs=app_kwargs, **kwargs)

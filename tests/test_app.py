@@ -393,6 +393,7 @@ def test_hosted_a_second_visitor_cannot_see_or_stop_the_first_visitors_run(monke
     first.button(key="ft_stop").click().run()
     run_until(first, lambda at: at.warning)
     assert any("Stopped" in w.value for w in first.warning)
+    assert not any("visitors" in w.value or first.session_state["visitor"] in w.value for w in first.warning)
 
     # A finished run is its visitor's alone: the other visitor's pages do not offer it
     for key, value in dict(ft_steps=2, ft_batch=4, ft_subset=8, ft_m=1, ft_t=1, ft_eval=0, ft_eval_size=0).items():
@@ -400,6 +401,8 @@ def test_hosted_a_second_visitor_cannot_see_or_stop_the_first_visitors_run(monke
     first.button(key="ft_start").click().run()
     run_until(first, lambda at: at.success)
     name = first.success[0].value.split("“")[1].split("”")[0]
+    assert first.success[0].value.startswith(f"Saved as your run “{name}”")  # no server path, no visitor id
+    assert "visitors" not in first.success[0].value and first.session_state["visitor"] not in first.success[0].value
     first.switch_page("apps/views/hallucinations.py").run()
     assert first.selectbox(key="hal_tuned").value == name  # the visitor's own newest run
     second.switch_page("apps/views/hallucinations.py").run()
@@ -558,7 +561,8 @@ def test_float_and_16_bit_uploads_are_rescaled():
 
 
 def test_ui_support_imports_no_ui_library():
-    code = ("import sys, apps.ui.certification, apps.ui.jobs, apps.ui.pictures; "
+    code = ("import sys, apps.ui.certification, apps.ui.jobs, apps.ui.pictures, apps.ui.hosting, apps.ui.uploads, "
+            "apps.ui.demo_input; "
             "print(sorted({'streamlit', 'gradio'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

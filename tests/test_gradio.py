@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import importlib
 import io
+import logging
 import os
 import re
 import shutil
+import socket
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import urlparse
 
 import httpx
 import numpy as np
@@ -116,7 +120,7 @@ def test_certify_a_test_image_names_what_produced_it(client):
     assert f"**Image:** test image #3 (true class: {b.dataset.classes[label]})" in verdict
     produced = re.search(r"\*\*Produced by:\*\* classifier (.+), denoiser (.+) \(one-shot\), σ = 0.25, N = 120 "
                          r"\(after N0 = 100 to pick the class\), α = 0.001\.", verdict)
-    assert produced and produced.group(1) == app.describe_model(b.preset.classifier)
+    assert produced and produced.group(1) == app.model_label(b.preset.classifier)
     assert "fmnist-vit" in produced.group(1) or "vit" in produced.group(1)
     assert details["classifier"] == produced.group(1) and details["denoiser"] == produced.group(2)
     assert (details["sigma"], details["n"], details["n0"], details["alpha"]) == (0.25, 120, 100, 0.001)
@@ -287,7 +291,9 @@ def test_none_inputs_get_the_demos_own_error(client, source, kw, message):
     ({"n": 150.5}, "must be a whole number"),
     ({"alpha": 0.5}, "alpha must be in (0, 0.5)"),
     ({"index": 10**6}, "does not exist"),
-    ({"source": "Both"}, "'Both' (type: <class 'str'>) is not in the list of choices: ['Test image', 'Upload']"),
+    ({"source": "Both"}, "source must be 'Test image' or 'Upload' (got 'Both')"),
+    ({"index": "abc"}, "The test-image index must be a number, e.g. 0 (got 'abc')"),
+    ({"alpha": "x" * 500}, "α (alpha) must be a number, e.g. 0.001 (got 'xxxxx"),
 ])
 def test_bad_parameters_give_a_clear_error(client, kw, message):
     c, app = client
@@ -383,6 +389,96 @@ def test_the_upload_cache_is_cleaned(client, tmp_path):
     assert not list(cache.rglob("keep-me-not.png"))
     examples = next(b for b in app.demo.blocks.values() if type(b).__name__ == "Dataset")
     assert all(Path(s[0]["path"]).is_file() for s in examples.samples)  # the examples stay
+
+
+def test_uploads_are_capped_per_visitor_before_they_are_opened(client, tmp_path, monkeypatch):
+    import gradio as gr
+
+    _, app = client
+    monkeypatch.setenv("CADIS_HOSTED", "1")
+    opened = []
+    monkeypatch.setattr(app, "image_from_path", lambda path, *a, **k: opened.append(path) or torch.zeros(1, 28, 28))
+    files = []
+    for i in range(9):  # 9 files of 17.9 MB (sparse: only their size is real), each within the 20 MB limit
+        files.append(tmp_path / f"big{i}.png")
+        with files[-1].open("wb") as f:
+            f.truncate(int(17.9 * 2**20))
+    visitor, other = SimpleNamespace(session_hash="visitor-x"), SimpleNamespace(session_hash="visitor-y")
+    for f in files[:8]:
+        assert app.preview_upload(str(f), visitor)[0] is not None
+    assert opened == [str(f) for f in files[:8]]
+    picture, note, _ = app.preview_upload(str(files[8]), visitor)  # 161 MB within the hour: over the budget
+    assert picture is None and "more than 160 MB within the last hour" in note and len(opened) == 8
+    with pytest.raises(gr.Error, match="more than 160 MB within the last hour"):
+        app.certify(app.UPLOAD, str(files[8]), 0, None, 0.25, 100, 0.001, request=visitor)
+    assert len(opened) == 8  # refused from os.stat alone
+    assert app.preview_upload(str(files[8]), other)[0] is not None  # another visitor has their own budget
+    picture, note, _ = app.preview_upload(str(tmp_path / "gone.png"), visitor)
+    assert picture is None and "was not received" in note
+
+
+def test_an_upload_request_over_the_total_is_refused_before_its_body(client, monkeypatch, caplog):
+    """Gradio bounds each file (max_file_size) but takes up to 1000 in one request: the server refuses a body
+    over the total cap from its Content-Length, and an upload that does not state its length."""
+    _, app = client
+    url = urlparse(app.demo.local_url)
+
+    def post(headers: dict[str, str], body: bytes) -> str:
+        head = f"POST {url.path}gradio_api/upload HTTP/1.1\r\nHost: {url.netloc}\r\n" + \
+            "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        with socket.create_connection((url.hostname, url.port), timeout=30) as s:
+            s.sendall(head.encode() + body)  # the head and a few bytes: the rest is never sent
+            answer = b""
+            while len(answer.partition(b"\r\n\r\n")[2].strip()) < 8:  # the body may come after the head
+                part = s.recv(65536)
+                if not part:
+                    break
+                answer += part
+            return answer.decode("latin-1")
+
+    monkeypatch.setenv("CADIS_HOSTED", "1")
+    form = {"Content-Type": "multipart/form-data; boundary=x"}
+    answer = post({**form, "Content-Length": str(20 * int(17.9 * 2**20))}, b"--x\r\n")
+    assert answer.startswith("HTTP/1.1 413") and "One upload may hold 40 MB in all" in answer
+    answer = post({**form, "Transfer-Encoding": "chunked"}, b"5\r\n--x\r\n\r\n")
+    assert answer.startswith("HTTP/1.1 411") and "must state its size" in answer
+    assert len([r for r in caplog.records if "refused an upload request" in r.getMessage()]) == 2
+    monkeypatch.delenv("CADIS_HOSTED")
+    with (Path(os.environ["GRADIO_TEMP_DIR"]).parent / "small.png").open("wb") as f:
+        f.write(png(np.zeros((8, 8), np.uint8)))
+    with open(f.name, "rb") as f:
+        response = httpx.post(f"{app.demo.local_url}gradio_api/upload", files={"files": ("small.png", f)})
+    assert response.status_code == 200  # within the caps, uploads go through as before
+
+
+# ---------------------------------------------------------------- refused requests: one log line, no traceback
+
+
+def test_bad_input_is_one_log_line_and_no_traceback(client, tmp_path, caplog, capfd):
+    import gradio as gr
+    from gradio_client import handle_file
+
+    c, app = client
+    caplog.set_level(logging.WARNING, logger="apps.gradio_demo")
+    capfd.readouterr()
+    cases = [(app.TEST_IMAGE, None, {"index": "abc"}, "The test-image index must be a number, e.g. 0 (got 'abc')"),
+             (app.TEST_IMAGE, None, {"sigma": "abc"}, "σ (sigma) must be a number"),
+             (app.TEST_IMAGE, None, {"alpha": "x" * 500}, "α (alpha) must be a number"),
+             (app.TEST_IMAGE, None, {"n": None}, "N (the number of draws) is missing"),
+             ("Both", None, {}, "source must be 'Test image' or 'Upload'"),
+             (app.UPLOAD, upload_file(tmp_path, "notes.txt", b"text"), {}, "Invalid file type"),
+             (app.UPLOAD, handle_file("http://127.0.0.1:9/picture.png"), {}, "does not fetch URLs")]
+    for source, upload, kw, message in cases:
+        assert message in app_error(c, source, upload, **kw)
+    with pytest.raises(gr.Error, match="must be a number"):
+        app.preview_test_image(10**400)  # too large for a float: still the demo's own message
+    lines = [r.getMessage() for r in caplog.records if r.name == "apps.gradio_demo"]
+    assert len(lines) == len(cases) + 1, lines  # one line per refused request
+    assert all(line.startswith("refused a request: ") and "\n" not in line and len(line) < 400 for line in lines)
+    assert "x" * 100 not in "".join(lines)  # the input is quoted, cut short
+    assert "abc" in lines[0]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err[-2000:]
 
 
 # ---------------------------------------------------------------- the queue

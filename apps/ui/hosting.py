@@ -1,25 +1,28 @@
 """Hosting mode: many visitors share one server (`CADIS_HOSTED=1`, which the Dockerfile sets).
 
-Hosted, each visitor (one browser session) writes fine-tuning runs under runs/visitors/<id>/ and sees only those
-and the shipped ones; a visitor's folder is deleted a day after its last change (`prune_visitors`). Nobody can
-stop another's job; N, the number of images and draws and the fine-tuning steps are capped; heavy jobs queue with
-a visible position (`turns.Turns`, `jobs.JobQueue`). The local app (variable unset) keeps full power: one user,
-every run under runs/, the widgets' own ranges.
+Hosted, each visitor (one browser session, an unguessable id) writes fine-tuning runs under runs/visitors/<id>/ and
+sees only those and the shipped ones; a visitor's folder is deleted a day after its last change (`prune_visitors`).
+Models load only from that list (`model_choices`, `resolve_model`), never from a typed path, and what a visitor
+reads names no server path (`hide_paths`, `shown_spec`). Nobody can stop another's job; N, the number of images
+and draws, uploads and the fine-tuning steps are capped; heavy jobs queue with a visible position (`turns.Turns`,
+`jobs.JobQueue`). The local app (variable unset) keeps full power: one user, every run under runs/, the widgets'
+own ranges.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from apps.ui.models import runs_dir
+from apps.ui.models import finetuned_info, finetuned_models, runs_dir
 from cadis.errors import CadisError
-from cadis.models.presets import FINETUNED
+from cadis.models.loading import parse_spec
+from cadis.models.presets import FINETUNED, MODELS, PRESETS
 
 HOSTED_ENV = "CADIS_HOSTED"
 VISITOR_TTL_S = 24 * 3600  # a visitor's folder is deleted this long after its newest file changed
@@ -40,13 +43,18 @@ class Limits:
     batch: int  # fine-tuning batch size
     subset: int  # fine-tuning training images (0 = all counts as the whole split)
     eval_size: int  # test images per fine-tuning evaluation
+    upload_mb: int  # all files of one upload request together (each file also ≤ cadis.images.MAX_UPLOAD_BYTES)
+    visitor_upload_mb: int  # what one visitor may upload within an hour (uploads.UploadLedger)
 
 
 # One set of caps for both apps (Streamlit and the Gradio demo); $CADIS_MAX_N replaces the cap on N in either mode.
-LOCAL_LIMITS = Limits(n=100_000, images=64, draws=32, steps=100_000, batch=512, subset=100_000, eval_size=5000)
-HOSTED_LIMITS = Limits(n=5000, images=8, draws=16, steps=300, batch=32, subset=2000, eval_size=200)
+LOCAL_LIMITS = Limits(n=100_000, images=64, draws=32, steps=100_000, batch=512, subset=100_000, eval_size=5000,
+                      upload_mb=512, visitor_upload_mb=100_000)
+HOSTED_LIMITS = Limits(n=5000, images=8, draws=16, steps=300, batch=32, subset=2000, eval_size=200,
+                       upload_mb=40, visitor_upload_mb=160)
 NAMES = {"n": "N", "images": "the number of images", "draws": "the number of draws", "steps": "the number of steps",
-         "batch": "the batch size", "subset": "the training subset", "eval_size": "the test images per evaluation"}
+         "batch": "the batch size", "subset": "the training subset", "eval_size": "the test images per evaluation",
+         "upload_mb": "one upload's total (MB)", "visitor_upload_mb": "your uploads of the last hour (MB)"}
 
 
 def hosted() -> bool:
@@ -92,10 +100,11 @@ def check_limits(**values: int | None) -> None:
 
 
 def new_visitor() -> str:
-    """A fresh visitor id (random; one per browser session). Hosted, old visitors' folders are pruned first."""
+    """A fresh visitor id: 128 random bits from `secrets` (one per browser session), so no visitor can guess
+    another's folder. Hosted, old visitors' folders are pruned first."""
     if hosted():
         prune_visitors()
-    return uuid.uuid4().hex[:16]
+    return secrets.token_hex(16)
 
 
 def _last_change(folder: Path) -> float:
@@ -149,4 +158,107 @@ def result_roots(visitor: str | None = None) -> list[Path]:
 
 def is_own(path: Path, visitor: str | None = None) -> bool:
     """Whether a model directory is one of the visitor's runs (locally: any run under runs/), not a shipped one."""
-    return finetune_root(visitor) in Path(path).parents
+    return _inside(Path(path), finetune_root(visitor))
+
+
+# ---------------------------------------------------------------- which models a visitor may load
+
+PRESET_CLASSIFIER = "(the preset's classifier)"  # the entry of `model_choices` that keeps the preset's own
+REFUSED = "That model is not one you can use here; pick one from the list."  # the same for every refused entry
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path`, symlinks and `..` resolved, lies under `root` (resolved too)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def allowed_models(visitor: str | None = None) -> dict[str, Path]:
+    """The fine-tuned classifiers a visitor may load, by name: the shipped ones and their own runs (locally, every
+    run under runs/). Hosted, paths are resolved, and a directory that a symlink leads out of its root is left out
+    (it could lead to another visitor's run)."""
+    roots = model_roots(visitor)
+    found = finetuned_models(roots)
+    if not hosted():
+        return found
+    return {name: path.resolve() for name, path in found.items() if any(_inside(path, root) for root in roots)}
+
+
+def model_choices(visitor: str | None = None) -> dict[str, Path | None]:
+    """The classifiers the Models page offers: the preset's own (None), then `allowed_models`."""
+    return {PRESET_CLASSIFIER: None, **allowed_models(visitor)}
+
+
+def resolve_model(entry: str, visitor: str | None = None) -> Path | None:
+    """The directory of an entry of `model_choices` (its name, or a path that resolves to one of them; None for
+    the preset's own). Anything else is a CadisError with one message that names nothing: an existing and a missing
+    path, another visitor's run and a system folder read the same."""
+    if entry == PRESET_CLASSIFIER:
+        return None
+    allowed = allowed_models(visitor)  # the list itself, not what a widget offered
+    if entry in allowed:
+        return allowed[entry]
+    try:
+        target = Path(str(entry)).expanduser().resolve()  # `..` and symlinks resolved before the comparison
+    except (OSError, RuntimeError, ValueError):
+        raise CadisError(REFUSED) from None
+    for path in allowed.values():
+        if path.resolve() == target:
+            return path
+    raise CadisError(REFUSED)
+
+
+def hosted_presets() -> list[str]:
+    """The presets a visitor may pick: hosted, those that load without the hub (and the one the server runs)."""
+    if not hosted():
+        return list(PRESETS)
+    current = os.environ.get("CADIS_PRESET") or "fashion-mnist"
+    return [name for name, p in PRESETS.items() if not p.online or name == current]
+
+
+# ---------------------------------------------------------------- what a visitor reads
+
+_PATH = re.compile(r"(?<![\w.-])(?:~|\.{1,2})?(?:/[^\s'\"`,;:()\[\]]+)+")
+_ID = re.compile(r"\b[0-9a-f]{16,32}\b")  # a visitor id, should one stand outside a path
+
+
+def hide_paths(text: str) -> str:
+    """Hosted, `text` with every file path (absolute, ~/…, ./… or ../…) and visitor id replaced by "…": an error
+    names no server path; locally unchanged."""
+    return _ID.sub("…", _PATH.sub("…", text)) if hosted() else text
+
+
+def shown_spec(spec: str, visitor: str | None = None) -> str:
+    """How a model spec is shown: locally as it is; hosted, as a name (an embedded model's, a run's, a hub id)."""
+    if not hosted():
+        return spec
+    parsed = parse_spec(spec)
+    if parsed.path is None:
+        return str(parsed)  # a hub id or a timm name: no server path
+    path = parsed.path.expanduser()
+    known = allowed_models(visitor) if visitor else finetuned_models([SHIPPED_MODELS])
+    for name, allowed in known.items():
+        if path.resolve() == allowed.resolve():
+            return name
+    return f"embedded {path.name}" if _inside(path, MODELS) else "a model on this server"
+
+
+def model_label(spec: str) -> str:
+    """A model spec as a reader recognises it: paths relative to the working folder, an adapter with its base;
+    on a hosted server, the model's name only (a visitor never sees where a model lies)."""
+    parsed = parse_spec(spec)
+    if parsed.path is None:
+        return str(parsed)
+    if hosted():
+        return shown_spec(spec)
+    path = parsed.path.expanduser()
+    try:
+        shown = str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        shown = str(path)
+    if parsed.source == "adapter":
+        base = finetuned_info(path)["base"]
+        return f"LoRA adapter {shown}" + (f" on {base}" if base else "")
+    return f"{parsed.source}:{shown}" if parsed.source == "local-dir" else shown

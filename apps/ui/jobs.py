@@ -205,6 +205,22 @@ class FinetuneJob:
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(list(self.steps))
 
+    @property
+    def name(self) -> str:
+        """The run's name: its folder's, which the pages list it by."""
+        return Path(self.config.out).name
+
+    def outcome(self, show_paths: bool = True) -> str | None:
+        """What a saved or stopped run says: where it went, or (`show_paths` False, on a shared server) only its
+        name, so that no server path or visitor id reaches the page. None while it is neither."""
+        if self.status == "done":
+            where = f"Saved to {self.path}." if show_paths else f"Saved as your run “{self.name}”."
+            return f"{where} Pick it as “{self.name}” on the Hallucinations page."
+        if self.status == "stopped":
+            kept = f"checkpoint in {self.path}." if show_paths else f"a checkpoint of “{self.name}” was kept."
+            return f"Stopped; {kept} Start the same settings again to train a new run."
+        return None
+
 
 
 class JobQueue:

@@ -129,11 +129,15 @@ def finetuned_models(roots: list[Path] | None = None) -> dict[str, Path]:
             candidates += [(d.name, d) for d in sorted(root.glob("*"))]
     for name, d in candidates:
         if (d / "config.json").is_file() or (d / "adapter_config.json").is_file():
-            found[name if name not in found else f"{name} ({d})"] = d
+            label, k = name, 1
+            while label in found:  # a second model of the same name is numbered: a label shows no server path
+                k += 1
+                label = f"{name} ({k})"
+            found[label] = d
     return found
 
 
-def describe_model(path: Path) -> dict:
+def finetuned_info(path: Path) -> dict:
     """What a fine-tuned model directory says about itself: method, σ, steps, LoRA, and its base classifier for an
     adapter (None for what its files do not say or cannot be read; `readable` is False for a corrupt
     finetune.json)."""

@@ -15,9 +15,9 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from apps.ui.hosting import hosted, limits, model_roots, new_visitor
-from apps.ui.models import ModelBundle, finetuned_models, load_bundle, model_source
-from apps.ui.uploads import IMAGE_TYPES, pick_indices
+from apps.ui.hosting import allowed_models, hide_paths, hosted, limits, new_visitor
+from apps.ui.models import ModelBundle, load_bundle, model_source
+from apps.ui.uploads import IMAGE_TYPES, admit_uploads, pick_indices
 from cadis.data import load_dataset
 from cadis.errors import CadisError
 from cadis.images import MAX_UPLOAD_BYTES, image_from_bytes
@@ -61,7 +61,7 @@ def bundle() -> ModelBundle:
         p = current_source()
         return cached_bundle(p.name, p.denoiser, p.classifier)
     except CadisError as e:
-        st.error(str(e))
+        st.error(hide_paths(str(e)))
         st.page_link("apps/views/models.py", label="Choose other models on the Models page",
                      icon=":material/extension:")
         st.stop()
@@ -74,7 +74,7 @@ def visitor() -> str:
 
 def visible_models() -> dict[str, Path]:
     """The fine-tuned classifiers this visitor may pick: hosted, their own runs and the shipped ones."""
-    return finetuned_models(model_roots(visitor()))
+    return allowed_models(visitor())
 
 
 def hosted_note() -> None:
@@ -122,7 +122,7 @@ def errors_shown() -> Iterator[None]:
     try:
         yield
     except CadisError as e:
-        st.error(str(e))
+        st.error(hide_paths(str(e)))
 
 
 def parse_indices(text: str, most: int = 64) -> list[int]:
@@ -176,9 +176,27 @@ def image_picker(b: ModelBundle, key: str, default_count: int = 8) -> list[Image
     return [(f"#{i}", ds.images[i], int(ds.labels[i])) for i in idx]
 
 
+def _release(files: list) -> None:
+    """Drop refused files from Streamlit's upload store now (it holds every file in memory until the session
+    ends or the browser removes it), as st.chat_input does with the files it hands over."""
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is not None and isinstance(ctx.uploaded_file_mgr, MemoryUploadedFileManager):
+        for f in files:
+            ctx.uploaded_file_mgr.remove_file(session_id=ctx.session_id, file_id=f.file_id)
+
+
+def upload_key(key: str) -> str:
+    """The uploader's widget key: a refused upload gets a fresh, empty uploader under a new key."""
+    fresh = st.session_state.get(f"{key}_files_round", 0)
+    return f"{key}_files" if not fresh else f"{key}_files{fresh}"
+
+
 def _uploads(b: ModelBundle, key: str, most: int) -> list[Image] | None:
     mb = MAX_UPLOAD_BYTES // 2**20  # the server refuses bigger files before reading them (.streamlit/config.toml)
-    files = st.file_uploader("Upload images", type=IMAGE_TYPES, accept_multiple_files=True, key=f"{key}_files",
+    files = st.file_uploader("Upload images", type=IMAGE_TYPES, accept_multiple_files=True, key=upload_key(key),
                              max_upload_size=mb,
                              help=f"Any size or colour mode up to {mb} MB / 4096 px: converted to the model's "
                                   f"{'grayscale' if b.input_shape[0] == 1 else 'RGB'} "
@@ -190,12 +208,19 @@ def _uploads(b: ModelBundle, key: str, most: int) -> list[Image] | None:
     label_opts = [-1, *range(len(b.classes))]
     label = c2.selectbox("True class of the uploads", label_opts, key=f"{key}_label",
                          format_func=lambda i: "unknown (use the majority vote)" if i < 0 else b.classes[i])
+    files = [f for f in files or [] if hasattr(f, "size")]  # not the ones released below (DeletedFile)
+    if (refused := st.session_state.pop(f"{key}_refused", None)) and not files:
+        st.error(refused)
     if not files:
         st.info("Upload one or more images (PNG, JPEG, …).")
         return None
-    if len(files) > most:
-        st.error(f"{len(files)} files uploaded; pick at most {most}.")
-        return None
+    try:  # count and sizes first: nothing is read unless the whole request fits
+        admit_uploads(visitor(), {f.file_id: f.size for f in files}, most)
+    except CadisError as e:
+        _release(files)
+        st.session_state[f"{key}_files_round"] = st.session_state.get(f"{key}_files_round", 0) + 1
+        st.session_state[f"{key}_refused"] = str(e)
+        st.rerun()  # the error beside an empty uploader
     images = []
     for f in files:  # a bad file gets its error; the good ones still go through
         try:

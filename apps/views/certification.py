@@ -24,8 +24,8 @@ from apps.ui.certification import (
     shared_draws,
     shipped_verdict,
 )
-from apps.ui.hosting import check_limits, limits, result_roots
-from apps.ui.models import OFF_THE_SHELF, describe_model
+from apps.ui.hosting import check_limits, hide_paths, limits, result_roots
+from apps.ui.models import OFF_THE_SHELF, finetuned_info
 from apps.ui.pictures import to_uint8
 from apps.ui.style import VERDICT_COLOURS, colour_map, paint, sigma_of
 from apps.views._common import (
@@ -63,7 +63,7 @@ options = [OFF_THE_SHELF, *choices]
 request = st.session_state.pop(CERTIFY_REQUEST, None)
 if request in options:  # "certify this model" from the Fine-tuning or Models page: its classifier, at its σ
     st.session_state["cert_classifier"] = request
-    trained_at = describe_model(choices[request])["σ"] if request != OFF_THE_SHELF else None
+    trained_at = finetuned_info(choices[request])["σ"] if request != OFF_THE_SHELF else None
     if isinstance(trained_at, (int, float)) and trained_at > 0:
         st.session_state["cert_sigma"] = float(trained_at)
 if st.session_state.get("cert_classifier") not in options:
@@ -78,7 +78,7 @@ baseline = chosen_clf != OFF_THE_SHELF and c2.checkbox(
     help="Also certify the off-the-shelf classifier on the same noise draws (each draw denoised once), so the "
          "comparison below differs in the classifier only.")
 if chosen_clf != OFF_THE_SHELF:
-    info = describe_model(choices[chosen_clf])
+    info = finetuned_info(choices[chosen_clf])
     base = f" on {info['base']}" if info["base"] else ""
     st.caption(f"fine-tuned: **{chosen_clf}** — {info['kind']}{base}; method {info['method'] or '?'}, trained at "
                f"σ = {info['σ'] or '?'}.")
@@ -129,7 +129,7 @@ if st.button("Certify", type="primary", disabled=images is None, key="cert_run")
             {k: v for k, v in r.items() if k != "_image"} for r in rows)
     except CadisError as e:
         bar.empty()
-        st.error(str(e))
+        st.error(hide_paths(str(e)))
 
 rows = st.session_state.get("cert_last")
 if rows:
@@ -163,11 +163,11 @@ if rows:
 st.header("Certified accuracy vs radius")
 files = result_files(result_roots(visitor()))
 shipped, problems = load_results(files)
-methods = {f"fine-tuned: {k}": describe_model(p)["method"] for k, p in choices.items()}
+methods = {f"fine-tuned: {k}": finetuned_info(p)["method"] for k, p in choices.items()}
 session = session_results(st.session_state.get("cert_history", []), methods)
 runs = {**session, **shipped}
 for p in problems:
-    st.warning(f"Skipped {p}")
+    st.warning(hide_paths(f"Skipped {p}"))
 if not runs:
     st.info("No results yet: none shipped in experiments/results/, none under runs/, and no labelled image certified "
             "in this session. Certify test images above, or run `cadis certify …`.")
@@ -232,7 +232,7 @@ else:
                                                     "difference": "A − B"}).style.format(
                     {"A − B": "{:+.3f}", "p_value": "{:.2g}"}), key="cert_paired")
             except CadisError as e:
-                st.warning(str(e))
+                st.warning(hide_paths(str(e)))
 
 verdict = shipped_verdict()
 if verdict is not None:

@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from apps.ui.hosting import check_limits, finetune_root, hosted, limits
+from apps.ui.hosting import check_limits, finetune_root, hide_paths, hosted, limits
 from apps.ui.jobs import (
     SETTINGS,
     FinetuneJob,
@@ -115,7 +115,7 @@ try:
     train_split(b.preset.dataset)
     sources = ["training split", DEMO_DATA]
 except CadisError as e:
-    st.warning(f"{e} Using the demo split instead.")
+    st.warning(hide_paths(f"{e} Using the demo split instead."))
     sources = [DEMO_DATA]
 
 setting = st.radio("Setting", [*SETTINGS, "custom"], horizontal=True, key="ft_setting",
@@ -160,7 +160,7 @@ try:
                f"run){wait}.")
 except CadisError as e:
     config = None
-    st.error(str(e))
+    st.error(hide_paths(str(e)))
 
 job = _mine(queue)
 if st.button("Start", type="primary", disabled=config is None, key="ft_start"):
@@ -173,7 +173,7 @@ if st.button("Start", type="primary", disabled=config is None, key="ft_start"):
         if job.status == "queued":
             st.toast(f"Queued: {queue.position(job)} job(s) ahead of yours.")
     except CadisError as e:
-        st.error(str(e))
+        st.error(hide_paths(str(e)))
 
 can_stop = job is not None and job.active and (not hosted() or job.owner == visitor())
 if st.button("Stop", disabled=not can_stop, key="ft_stop",
@@ -213,17 +213,16 @@ def live(polling: bool) -> None:
         smooth = max(1, len(frame) // 20)  # batch metrics are noisy: a short rolling mean once there are points
         st.plotly_chart(curves_figure(frame, pd.DataFrame(list(current.evals)), smooth=smooth), key="ft_curves")
     if current.status == "done":
-        name = current.path.parent.name
-        st.success(f"Saved to {current.path}. Pick it as “{name}” on the Hallucinations page.")
+        st.success(current.outcome(show_paths=not hosted()))
         if st.button("Certify this model", icon=":material/verified:", key="ft_certify",
                      help="Opens the Certification page with this classifier chosen."):
-            certify_this(name)
+            certify_this(current.name)
     elif current.status == "stopped":
-        st.warning(f"Stopped; checkpoint in {current.path}. Start the same settings again to train a new run.")
+        st.warning(current.outcome(show_paths=not hosted()))
     elif current.status == "cancelled":
         st.warning("Taken out of the queue before it started.")
     elif current.status == "failed":
-        st.error(current.error)
+        st.error(hide_paths(current.error or "Fine-tuning failed."))
     if polling and not current.active:
         st.rerun()  # the whole page, so the buttons and the polling interval follow the new state
 

@@ -12,7 +12,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from apps.ui.hosting import check_limits, is_own, limits
+from apps.ui.hosting import check_limits, hide_paths, is_own, limits
 from apps.ui.models import OFF_THE_SHELF
 from apps.ui.pictures import data_uri, strip, to_uint8
 from apps.ui.style import DENOISER_DASH, VERDICT_COLOURS, colour_map, colour_of
@@ -113,7 +113,7 @@ if (clicked or st.session_state.pop("hal_autorun", False)) and images is not Non
         st.session_state["hal_results"] = {"results": runs[modes[0]], "runs": runs, "sigma": sigma, "mode": mode,
                                            "steps": steps, "seconds": time.time() - start}
     except CadisError as e:
-        st.error(str(e))
+        st.error(hide_paths(str(e)))
 
 
 def _frame(runs: dict) -> pd.DataFrame:

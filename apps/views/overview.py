@@ -7,9 +7,10 @@ import pandas as pd
 import streamlit as st
 import torch
 
+from apps.ui.hosting import hide_paths, shown_spec
 from apps.ui.models import is_custom
 from apps.ui.pictures import to_uint8
-from apps.views._common import bundle, errors_shown
+from apps.views._common import bundle, errors_shown, visitor
 from cadis.analysis.hallucination import score_draws
 
 st.title("cadis: provable robustness for off-the-shelf classifiers")
@@ -75,8 +76,9 @@ params = {name: sum(t.numel() for t in m.parameters()) for name, m in
 st.dataframe(pd.DataFrame({
     "": ["preset", "dataset", "denoiser", "classifier", "default σ", "N0 / N", "batch size"],
     "value": [p.name + (" (models replaced)" if is_custom(p) else ""), f"{p.dataset} ({len(b.dataset)} test images)",
-              f"{p.denoiser} ({params['denoiser'] / 1e6:.2f} M parameters)",
-              f"{p.classifier} ({params['classifier'] / 1e6:.2f} M parameters, input {b.classifier.input_size})",
+              f"{shown_spec(p.denoiser, visitor())} ({params['denoiser'] / 1e6:.2f} M parameters)",
+              f"{shown_spec(p.classifier, visitor())} ({params['classifier'] / 1e6:.2f} M parameters, input "
+              f"{b.classifier.input_size})",
               str(p.sigma), f"{p.n0} / {p.n}", str(p.batch_size)],
 }), hide_index=True)
-st.caption(p.description)
+st.caption(hide_paths(p.description))  # hosted: no server path
