@@ -94,3 +94,33 @@ def test_measured_precision_picks_a_candidate_records_the_machine_and_measures_o
     assert len(calls) > n
     cache.write_text("{not json")  # a corrupt cache is measured again, not an error
     assert measured_precision(forward, torch.randn(32, 64), "tiny", cache=cache)[0] in PRECISIONS
+
+
+def test_certify_auto_precision_is_measured_recorded_in_the_sidecar_and_kept_on_resume(tmp_path, monkeypatch):
+    import json
+
+    from cadis.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "auto.tsv"
+    argv = ["certify", "--preset", "fashion-mnist", "--sigma", "0.25", "--n0", "10", "--n", "20", "--out", str(out)]
+    assert main([*argv, "--max", "1"]) == 0
+    sidecar = json.loads((tmp_path / "auto.tsv.json").read_text())
+    chosen = sidecar["acceleration"]["precision"]
+    assert chosen in ("fp32", "bf16") and sidecar["precision_auto"]["precision"] == chosen
+    assert set(sidecar["precision_auto"]["seconds_per_call"]) == {"fp32", "bf16"}
+    (record,) = json.loads((tmp_path / "cache" / "cadis" / "precision.json").read_text()).values()
+    assert record["precision"] == chosen and record["machine"] == sidecar["precision_auto"]["machine"]
+
+    # The cache now says the other precision: a resumed file keeps the one it was started with.
+    other = "bf16" if chosen == "fp32" else "fp32"
+    cache = tmp_path / "cache" / "cadis" / "precision.json"
+    cache.write_text(json.dumps({k: {**v, "precision": other} for k, v in json.loads(cache.read_text()).items()}))
+    assert main([*argv, "--max", "2"]) == 0
+    resumed = json.loads((tmp_path / "auto.tsv.json").read_text())
+    assert resumed["acceleration"]["precision"] == chosen and resumed["precision_auto"] == sidecar["precision_auto"]
+    assert len((tmp_path / "auto.tsv").read_text().splitlines()) == 3
+
+    # A new file follows the cache.
+    assert main([*argv[:-1], str(tmp_path / "new.tsv"), "--max", "1"]) == 0
+    assert json.loads((tmp_path / "new.tsv.json").read_text())["acceleration"]["precision"] == other

@@ -17,6 +17,7 @@ import torch
 from cadis.errors import CadisError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CACHED_CHOICES = 200  # measured precisions kept in the cache (machine and model pairs)
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,8 @@ def measured_precision(forward: Callable[[torch.Tensor], torch.Tensor], example:
     record = {"precision": best, "seconds_per_call": seconds, "machine": here, "key": key,
               "batch": int(example.shape[0])}
     known[slot] = record
+    for old in list(known)[:-CACHED_CHOICES]:  # the oldest go: model paths of temporary runs accumulate
+        del known[old]
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(cache, json.dumps(known, indent=2))
