@@ -89,14 +89,15 @@ def seed_table(results: dict[str, pd.DataFrame], radii: Sequence[float], first: 
         other = (run.replace(first, second, 1), sigma)
         if method == first and other in by_run:
             groups.setdefault((recipe, sigma), {})[seed] = (df, by_run[other])
-    rows = {}
+    rows, numbers = {}, {}
     for (recipe, sigma), seeds in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         if len(seeds) < 2:
             continue
         label = f"{first} vs {second}.{recipe} σ={sigma:g}"
-        per_image = []
+        per_image, numbers[label] = [], {"per_seed": {}, "pooled": {}}
         for seed, (a, b) in sorted(seeds.items()):
             table = paired_comparison(a, b, radii)
+            numbers[label]["per_seed"][seed] = dict(zip(radii, 100 * table["difference"].to_numpy(float)))
             rows[f"{label} seed {seed}"] = {
                 f"r={r:g}": f"{100 * t['difference']:+.1f} ({t['a_only']:.0f}/{t['b_only']:.0f}, p={t['p_value']:.2g})"
                 for r, t in zip(radii, table.to_dict("records"))}
@@ -110,9 +111,30 @@ def seed_table(results: dict[str, pd.DataFrame], radii: Sequence[float], first: 
             test = permutation_test((d,), lambda x, axis: x.mean(axis=axis), permutation_type="samples",
                                     n_resamples=resamples, random_state=0)
             pooled[f"r={r:g}"] = f"{100 * d.mean():+.1f} (p={test.pvalue:.2g})"
+            numbers[label]["pooled"][r] = (100 * d.mean(), test.pvalue)
         rows[f"{label} pooled over {len(seeds)} seeds ({len(common)} images)"] = pooled
     if not rows:
         return None
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "comparison"
+    table.attrs["numbers"] = numbers  # label -> per_seed {seed: {r: points}}, pooled {r: (points, p)}
     return table
+
+
+def seed_findings(table: pd.DataFrame) -> list[str]:
+    """One sentence per seed group of `seed_table`, computed from it: at r=0 and at the radius of the largest pooled
+    gain, the sign of the difference per seed, and the pooled difference with its p-value."""
+    lines = []
+    for label, found in table.attrs.get("numbers", {}).items():
+        per_seed, pooled = found["per_seed"], found["pooled"]
+        best = max(pooled, key=lambda r: pooled[r][0])
+        parts = []
+        for r in dict.fromkeys([min(pooled), best]):
+            diffs = [per_seed[s][r] for s in sorted(per_seed)]
+            below = sum(d < 0 for d in diffs)
+            above = sum(d > 0 for d in diffs)
+            parts.append(f"at r={r:g} it is below in {below} and above in {above} of {len(diffs)} seeds "
+                         f"({', '.join(f'{d:+.1f}' for d in diffs)} points), pooled {pooled[r][0]:+.1f} points "
+                         f"(p={pooled[r][1]:.2g})")
+        lines.append(f"- {label}: " + "; ".join(parts) + ".")
+    return lines

@@ -22,7 +22,7 @@ from cadis.analysis.tables import (
 from cadis.analysis.training_curves import comparison_figure, plateau_table
 from cadis.certification.smoothing import max_radius
 from cadis.data import FASHION_MNIST_CLASSES
-from experiments.comparisons import paired_table, run_name, seed_table
+from experiments.comparisons import paired_table, run_name, seed_findings, seed_table
 from experiments.paths import FINETUNED, REPOSITORY, RESULTS, RESULTS_DOC
 from experiments.verdict import RADII, TOLERANCE, VERDICT_RECIPE, headline, verdict_table
 
@@ -54,7 +54,8 @@ def write_report(radii=RADII) -> str:
         markdown += ("\n\nTraining seeds: ft-cadis against denoised-ce per seed (paired on the same images and "
                      "draws, exact McNemar), and pooled over seeds with the image as the unit (per image, the mean "
                      "over seeds of the difference in being certified; a two-sided sign-flip permutation test over "
-                     "images, 99,999 resamples, not corrected for multiplicity)\n\n" + seeds.to_markdown())
+                     "images, 99,999 resamples, not corrected for multiplicity)\n\n" + seeds.to_markdown()
+                     + "\n\n" + "\n".join(seed_findings(seeds)))
     verdict = verdict_table(results, radii=radii)
     if verdict is not None:
         verdict.to_csv(RESULTS / "verdict.csv")

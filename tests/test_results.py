@@ -231,7 +231,7 @@ def test_the_verdict_adjusts_every_p_value_with_holm_over_its_family():
 
 
 def test_the_seed_replicate_pools_over_seeds_with_the_image_as_the_unit():
-    from experiments.comparisons import seed_table, split_seed
+    from experiments.comparisons import seed_findings, seed_table, split_seed
 
     assert split_seed("ft-cadis.authors-lora-whole.seed2") == ("ft-cadis.authors-lora-whole", 2)
     assert split_seed("ft-cadis.authors-lora-whole") == ("ft-cadis.authors-lora-whole", 0)
@@ -249,6 +249,10 @@ def test_the_seed_replicate_pools_over_seeds_with_the_image_as_the_unit():
     pooled = table.iloc[3]["r=0.5"]
     assert pooled.startswith("+7.3 (p=")  # (10 + 12 + 0) / 3 images' worth per 100
     assert float(pooled.split("p=")[1].rstrip(")")) < 0.005  # 12 images gain, none lose: exact p = 2^-11
+    (finding,) = seed_findings(table)  # computed from the table: r=0, then the largest gain (r=0 here too)
+    assert finding.startswith("- ft-cadis vs denoised-ce.w σ=0.5: at r=0 it is below in 0 and above in 2 of 3 seeds "
+                              "(+10.0, +12.0, +0.0 points), pooled +7.3 points (p=0.00")
+    assert "at r=0.5" not in finding
     # no difference anywhere: the permutation test finds nothing
     same = {k: _run(df.attrs["config"]["run"], 0.5, base) for k, df in runs.items()}
     assert seed_table(same, (0.5,)).iloc[-1]["r=0.5"] == "+0.0 (p=1)"
