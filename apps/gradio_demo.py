@@ -87,7 +87,7 @@ def example_picture(index: int) -> str:
 
 
 def result_details(req: Request, cert: Certificate, classes: list[str], n0: int, p: Preset,
-                   label_names: list[str] | None = None) -> dict[str, Any]:
+                   label_names: list[str] | None = None, precision: str = "fp32") -> dict[str, Any]:
     """Everything a result is made of, for the JSON output and the text. The prediction is named by the
     classifier's `classes`, the true class by the dataset's `label_names` (the same for the presets)."""
     cap = max_radius(req.sigma, req.n, req.alpha)
@@ -101,7 +101,7 @@ def result_details(req: Request, cert: Certificate, classes: list[str], n0: int,
         "at_largest_radius": (not abstained) and cert.count_a == cert.n,
         "count_a": cert.count_a, "p_a_lower": round(cert.p_a_lower, 6),
         "classifier": model_label(p.classifier), "denoiser": model_label(p.denoiser), "preset": p.name,
-        "sigma": req.sigma, "n0": n0, "n": req.n, "alpha": req.alpha,
+        "sigma": req.sigma, "n0": n0, "n": req.n, "alpha": req.alpha, "precision": precision,
     }
 
 
@@ -129,7 +129,8 @@ def verdict_markdown(d: dict[str, Any]) -> str:
         lines.append(f"All {d['n']} draws agree, so this is the largest radius N = {d['n']} allows at α = "
                      f"{d['alpha']:g}: σ·Φ⁻¹(α^(1/N)) = {d['largest_radius']:.4f}. Only a larger N certifies more.")
     lines.append(f"**Produced by:** classifier {d['classifier']}, denoiser {d['denoiser']} (one-shot), "
-                 f"σ = {d['sigma']:g}, N = {d['n']} (after N0 = {d['n0']} to pick the class), α = {d['alpha']:g}.")
+                 f"σ = {d['sigma']:g}, N = {d['n']} (after N0 = {d['n0']} to pick the class), α = {d['alpha']:g}, "
+                 f"{d['precision']} (the precision this machine runs the models fastest at).")
     return "\n\n".join(lines)
 
 
@@ -172,7 +173,7 @@ def certify(source: str | None, upload: str | None, index: float | None, true_cl
         raise refused(e, {"source": source, "index": index, "sigma": sigma, "n": n, "alpha": alpha}) from None
     gallery = [(to_uint8(d, 4), f"{b.classes[p]} {c:.0%}")
                for d, p, c in zip(draws.denoised, draws.top1.tolist(), draws.confidence.tolist())]
-    details = result_details(req, cert, b.classes, n0, b.preset, list(b.dataset.classes))
+    details = result_details(req, cert, b.classes, n0, b.preset, list(b.dataset.classes), b.acceleration.precision)
     table = [[c, v, round(v / req.n, 4)] for c, v in top_counts(counts, b.classes, k=5).items()]
     shown = f"{cert.radius:.4f}" if cert.prediction != ABSTAIN else "0 (abstain)"
     return gallery, verdict_markdown(details), shown, table, to_uint8(x, 8), details

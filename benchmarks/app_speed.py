@@ -256,8 +256,20 @@ def main() -> None:
             bundle, bundle.dataset.images[k], p.sigma, 100, 1000, 0.001, seed=k, progress=progress,
             batch_size=min(p.batch_size, 100)))
         cert_times.append(t)
-    rows.append(("certify 1 image, N0=100 + N=1000 (library call)", median(cert_times), TARGETS["certify"]))
+    rows.append((f"certify 1 image, N0=100 + N=1000 (library call, {bundle.acceleration.precision}: auto)",
+                 median(cert_times), TARGETS["certify"]))
     rows.append((f"  first progress update ({len(updates)} updates in all)", updates[0], None))
+    if bundle.acceleration.precision != "fp32":  # the apps certified at fp32 before `auto`: side by side
+        from cadis.acceleration import Acceleration
+
+        chosen, fp32_times = bundle.acceleration, []
+        bundle.__dict__["acceleration"] = Acceleration("fp32")
+        for k in range(args.repeats):
+            fp32_times.append(timed(lambda k=k: certify_one(bundle, bundle.dataset.images[k], p.sigma, 100, 1000,
+                                                            0.001, seed=k, batch_size=min(p.batch_size, 100)))[0])
+        bundle.__dict__["acceleration"] = chosen
+        rows.append(("certify 1 image, N0=100 + N=1000 (library call, fp32)", median(fp32_times), None))
+        print(f"auto ({chosen.precision}) vs fp32, certify 1 image: {median(fp32_times) / median(cert_times):.2f}x")
 
     at.switch_page("apps/views/certification.py").run()
     at.text_input(key="cert_idx").set_value("0")

@@ -119,11 +119,12 @@ def test_certify_a_test_image_names_what_produced_it(client):
     label = int(b.dataset.labels[3])
     assert f"**Image:** test image #3 (true class: {b.dataset.classes[label]})" in verdict
     produced = re.search(r"\*\*Produced by:\*\* classifier (.+), denoiser (.+) \(one-shot\), σ = 0.25, N = 120 "
-                         r"\(after N0 = 100 to pick the class\), α = 0.001\.", verdict)
+                         r"\(after N0 = 100 to pick the class\), α = 0.001, (fp32|bf16) \(the precision", verdict)
     assert produced and produced.group(1) == app.model_label(b.preset.classifier)
     assert "fmnist-vit" in produced.group(1) or "vit" in produced.group(1)
     assert details["classifier"] == produced.group(1) and details["denoiser"] == produced.group(2)
     assert (details["sigma"], details["n"], details["n0"], details["alpha"]) == (0.25, 120, 100, 0.001)
+    assert details["precision"] == produced.group(3) == b.acceleration.precision  # measured once, named
     assert details["source"] == app.TEST_IMAGE and details["image"] == "test image #3"
     if verdict.startswith("### Abstain"):
         assert radius == "0 (abstain)" and details["correct"] is False and "abstained" in verdict

@@ -66,15 +66,17 @@ def top_counts(counts: np.ndarray, classes: list[str], k: int = 3) -> dict[str, 
 
 def certificate_row(name: str, label: int | None, cert: Certificate, counts: np.ndarray, classes: list[str],
                     sigma: float, *, classifier: str = OFF_THE_SHELF, n0: int | None = None,
-                    alpha: float | None = None, idx: int | None = None, seed: int | None = None) -> dict[str, Any]:
+                    alpha: float | None = None, idx: int | None = None, seed: int | None = None,
+                    precision: str | None = None) -> dict[str, Any]:
     """One table row for a certified image; `predict`/`label`/`radius` as in Cohen's TSV, and what produced it:
-    the classifier, σ, N0, N and α (`idx`: the test-set index, None for an upload; `seed`: its draws' seed)."""
+    the classifier, σ, N0, N, α and the precision the models ran at (`idx`: the test-set index, None for an
+    upload; `seed`: its draws' seed)."""
     return {"image": name, "classifier": classifier, "label": -1 if label is None else label,
             "true class": "?" if label is None else classes[label], "predict": cert.prediction,
             "prediction": "abstain" if cert.prediction == ABSTAIN else classes[cert.prediction],
             "radius": round(cert.radius, 4), "p_A (lower)": round(cert.p_a_lower, 4),
             "count_A": cert.count_a, "n": cert.n, "sigma": sigma, "N0": n0, "alpha": alpha,
-            "idx": -1 if idx is None else idx, "seed": seed,
+            "idx": -1 if idx is None else idx, "seed": seed, "precision": precision,
             "top counts": ", ".join(f"{c}: {v}" for c, v in top_counts(counts, classes).items())}
 
 

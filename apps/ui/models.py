@@ -5,6 +5,7 @@ A `ModelBundle` is loaded once per process and shared by every session; its `loc
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from apps.ui.turns import Turns
-from cadis.acceleration import default_acceleration
+from cadis.acceleration import Acceleration, auto_precision
 from cadis.certification.smoothing import DenoisedSmoothing
 from cadis.data import ImageDataset
 from cadis.errors import CadisError
@@ -62,9 +63,17 @@ class ModelBundle:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the denoiser's input: the space where noise is added and radii hold."""
-        cfg = self.denoiser.unet.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-        return int(cfg.in_channels), int(size), int(size)
+        return self.denoiser.image_shape
+
+    @functools.cached_property
+    def acceleration(self) -> Acceleration:
+        """The precision the apps certify at, as `cadis certify --precision auto` picks it: on a CPU the faster of
+        fp32 and bf16 for these models on this machine (timed once per machine and model, cached on disk)."""
+        smooth = DenoisedSmoothing(self.denoiser, self.classifier, self.preset.sigma, 64)
+        key = f"{self.preset.denoiser}|{self.preset.classifier}|one-shot|sigma={self.preset.sigma:g}"
+        precision, _ = auto_precision(smooth.classify_noisy, self.input_shape, self.preset.sigma, key,
+                                      self.denoiser.device)
+        return Acceleration(precision)
 
     @property
     def classes(self) -> list[str]:
@@ -77,7 +86,7 @@ class ModelBundle:
         kwargs = {"steps": steps} if mode == "multistep" else {}
         return DenoisedSmoothing(self.denoiser, classifier or self.classifier, sigma,
                                  batch_size or self.preset.batch_size, mode=mode,
-                                 acceleration=default_acceleration(self.denoiser.device), **kwargs)
+                                 acceleration=self.acceleration, **kwargs)
 
 
 def load_bundle(p: Preset, device: str = "cpu") -> ModelBundle:

@@ -121,7 +121,8 @@ if st.button("Certify", type="primary", disabled=images is None, key="cert_run")
                                      "they finish."))
             for clf_name, cert in zip(names, certs):
                 rows.append({**certificate_row(name, label, cert, cert.counts, b.classes, sigma, classifier=clf_name,
-                                               n0=n0, alpha=alpha, idx=dataset_index(name), seed=seed + k),
+                                               n0=n0, alpha=alpha, idx=dataset_index(name), seed=seed + k,
+                                               precision=b.acceleration.precision),
                              "_image": x})
         bar.progress(1.0, text=f"done: {len(images)} images in {time.time() - started:.1f} s")
         st.session_state["cert_last"] = rows

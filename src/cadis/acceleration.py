@@ -58,6 +58,19 @@ def default_acceleration(device: str | torch.device) -> Acceleration:
     return Acceleration()
 
 
+def auto_precision(forward: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...], sigma: float, key: str,
+                   device: str | torch.device = "cpu", batch: int = 64) -> tuple[str, dict]:
+    """`auto`: bf16 on a GPU that supports it (fp32 on others); on a CPU, whichever of fp32 and bf16 runs `forward`
+    (a noisy batch -> logits) faster on this machine (`measured_precision` on a batch of `batch` noisy images of
+    `shape`, timed once per machine and `key`, cached). Returns the precision and why (the timing record)."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        chosen = default_acceleration(device).precision
+        return chosen, {"device": device.type, "rule": "bf16 where the GPU supports it"}
+    noisy = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0))  # timing does not depend on content
+    return measured_precision(forward, (noisy + sigma * torch.randn_like(noisy)).to(device), f"{key}|batch={batch}")
+
+
 def largest_batch(forward: Callable[[int], object], start: int, smallest: int = 1) -> int:
     """The largest batch size, halving from `start`, whose `forward(batch_size)` fits in GPU memory."""
     b = start

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> None:
         x = torch.zeros(smooth.denoiser.image_shape, device=args.device)  # a dataset's images are fitted later
         config = replace(config, batch_size=_fit_batch_size(smooth, x))
         smooth.batch_size = config.batch_size
-    if args.precision == "auto" and not _cuda_device(args.device):
+    if args.precision == "auto" and not _cuda_device(args.device):  # on a GPU, auto is bf16 where supported
         config = _measured(smooth, config, out, args.fresh)
     certify_dataset(smooth, dataset, out, config, args.fresh)
     if world > 1:
@@ -149,9 +149,7 @@ def _measured(smooth, config, out, fresh: bool):
     runs these models fastest at (timed once per machine and model, cached); the sidecar records why."""
     from dataclasses import replace
 
-    import torch
-
-    from cadis.acceleration import measured_precision
+    from cadis.acceleration import auto_precision
     from cadis.certification.output import find_sidecar, read_sidecar
     from cadis.errors import CadisError
 
@@ -164,11 +162,9 @@ def _measured(smooth, config, out, fresh: bool):
     if started in ("fp32", "bf16"):
         precision, record = started, {"resumed": True}
     else:
-        batch, shape = min(config.batch_size, 64), smooth.denoiser.image_shape  # speed does not depend on content
-        noisy = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0)).to(smooth.denoiser.device)
-        noisy = noisy + config.sigma * torch.randn_like(noisy)
-        key = f"{config.denoiser}|{config.classifier}|{config.mode}|sigma={config.sigma:g}|batch={batch}"
-        precision, record = measured_precision(smooth.classify_noisy, noisy, key)
+        key = f"{config.denoiser}|{config.classifier}|{config.mode}|sigma={config.sigma:g}"
+        precision, record = auto_precision(smooth.classify_noisy, smooth.denoiser.image_shape, config.sigma, key,
+                                           smooth.denoiser.device, min(config.batch_size, 64))
     acceleration = replace(config.acceleration, precision=precision)
     smooth.acceleration = acceleration
     notes = {**config.notes, "precision_auto": {"precision": precision, **record}}
