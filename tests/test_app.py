@@ -712,6 +712,103 @@ def test_hosting_caps(monkeypatch):
     check_limits(n=5000, images=8, steps=300, subset=2000)
 
 
+# The fine-tuning page's widgets of declared FinetuneConfig settings: key -> (setting, the Limits field capping it)
+FT_WIDGETS = {"ft_sigma": ("sigma", None), "ft_m": ("num_draws", None), "ft_lam": ("lam", None),
+              "ft_eps": ("eps", None), "ft_t": ("adv_steps", None), "ft_rank": ("lora_r", None),
+              "ft_steps": ("steps", "steps"), "ft_batch": ("batch_size", "batch"), "ft_subset": ("subset", "subset"),
+              "ft_lr": ("lr", None), "ft_eval": ("eval_every", None), "ft_eval_size": ("eval_size", "eval_size"),
+              "ft_seed": ("seed", None)}
+FT_COST_CAPS = {"num_draws": 16, "adv_steps": 10}  # the page's own caps where the declaration has no high
+
+
+@pytest.mark.parametrize("hosted", [False, True])
+def test_finetuning_widgets_come_from_the_settings_declarations(monkeypatch, hosted):
+    from streamlit.proto.NumberInput_pb2 import NumberInput
+
+    from apps.ui.hosting import LOCAL_LIMITS, limits
+    from apps.ui.jobs import QUICK_DEMO, SHIPPED_RECIPE
+    from cadis.seeds import MAX_SEED
+    from cadis.settings import settings
+    from cadis.training.finetune import FinetuneConfig
+    from cadis.training.objective import METHODS
+
+    if hosted:
+        monkeypatch.setenv("CADIS_HOSTED", "1")
+    else:
+        monkeypatch.delenv("CADIS_HOSTED", raising=False)
+    lim, declared = limits(), settings(FinetuneConfig)
+    assert lim.steps == (HOSTED_LIMITS if hosted else LOCAL_LIMITS).steps
+    at = app_at("finetuning")
+    assert_clean(at)
+    for key, (name, cap_field) in FT_WIDGETS.items():
+        spec, default = declared[name]
+        widget = at.number_input(key=key)
+        assert spec.help in widget.help and spec.hint[1:] in widget.help, (key, widget.help)
+        kind = spec.kind or type(default)
+        assert widget.proto.data_type == (NumberInput.INT if kind is int else NumberInput.FLOAT), key
+        low = 0 if name == "subset" else spec.low  # subset: "0 = all" (None), below its low (the batch size)
+        assert isinstance(low, (int, float)) and widget.min == low, (key, widget.min, low)
+        caps = [c for c in (spec.high, FT_COST_CAPS.get(name), cap_field and getattr(lim, cap_field))
+                if isinstance(c, (int, float))]
+        assert widget.max == (min(caps) if caps else None), (key, widget.max, caps)
+        assert widget.value == QUICK_DEMO[name], key  # the preset still fills the widgets
+    # real values, not only the declaration read back: the hosted caps win where tighter, the seed's declared top
+    assert at.number_input(key="ft_seed").max == MAX_SEED == 2**32 - 1
+    assert at.number_input(key="ft_steps").max == (300 if hosted else 100_000)
+    assert at.number_input(key="ft_t").min == 0 and at.number_input(key="ft_sigma").min == 0.0
+    assert at.number_input(key="ft_lr").max == 1.0 and at.number_input(key="ft_rank").max is None
+    method = at.selectbox(key="ft_method")
+    assert method.options == [m for m in METHODS if m != "none"] and "training objective" in method.help
+    assert declared["lora"][0].help in at.radio(key="ft_lora").help
+    at.radio(key="ft_setting").set_value("shipped runs' recipe").run()
+    assert_clean(at)
+    assert at.number_input(key="ft_m").value == SHIPPED_RECIPE["num_draws"]
+    assert at.number_input(key="ft_subset").value == (lim.subset if hosted else 0)
+    at.number_input(key="ft_sigma").set_value(0.0).run()  # the open low: the widget allows it, validation refuses
+    assert any("--sigma must be a finite number > 0" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="ft_start").disabled
+
+
+def test_widget_spec_reads_the_declaration():
+    from apps.ui.setting_inputs import widget_spec
+    from cadis.acceleration import PRECISIONS
+    from cadis.seeds import MAX_SEED
+    from cadis.training.finetune import FinetuneConfig
+    from cadis.training.objective import METHODS
+
+    # an int setting: integer bounds, the hint after the help, a cap only where it is tighter
+    assert widget_spec(FinetuneConfig, "seed", "Seed") == {
+        "label": "Seed", "help": "training seed. Any integer from 0.", "min_value": 0, "max_value": MAX_SEED}
+    steps = widget_spec(FinetuneConfig, "steps", caps={"steps": 300})
+    assert (steps["min_value"], steps["max_value"]) == (0, 300) and type(steps["max_value"]) is int
+    assert widget_spec(FinetuneConfig, "steps", caps={"steps": 10**9})["max_value"] == 1_000_000  # MAX_STEPS
+    assert "max_value" not in widget_spec(FinetuneConfig, "num_draws")  # no declared high, no cap
+    assert widget_spec(FinetuneConfig, "num_draws", caps={"num_draws": 16})["max_value"] == 16
+    # a setting whose low names another (subset >= batch_size): that one's low; "0 = all" below it on request
+    assert widget_spec(FinetuneConfig, "subset")["min_value"] == 1
+    assert widget_spec(FinetuneConfig, "subset", none_as=0, caps={"subset": 2000}) == {
+        "help": "train on this many images (a seeded random subset).", "min_value": 0, "max_value": 2000}
+    # floats with an open low: float bounds, the low itself kept (validation refuses it)
+    sigma = widget_spec(FinetuneConfig, "sigma", "σ")
+    assert sigma == {"label": "σ", "help": "noise level σ. Try 0.25 or 0.5.", "min_value": 0.0}
+    assert type(sigma["min_value"]) is float
+    lr = widget_spec(FinetuneConfig, "lr")
+    assert (lr["min_value"], lr["max_value"]) == (0.0, 1.0) and type(lr["max_value"]) is float
+    assert lr["help"] == "peak learning rate. 1e-3 is usual with LoRA, 1e-4 with --full."
+    # choices: the options, no bounds; a page's note after the declaration's words
+    method = widget_spec(FinetuneConfig, "method", "Method", note="ft-cadis: the paper's.")
+    assert method == {"label": "Method", "help": "training objective. ft-cadis: the paper's.",
+                      "options": list(METHODS)}
+    assert widget_spec(FinetuneConfig, "precision")["options"] == list(PRECISIONS)
+    assert widget_spec(FinetuneConfig, "warm_start") == {"help": "no warm start: images with no correct draw add no "
+                                                                 "loss."}
+    with pytest.raises(KeyError, match="declares no setting 'sigmaa'"):
+        widget_spec(FinetuneConfig, "sigmaa")
+    code = "import sys, apps.ui.setting_inputs; print(sorted({'streamlit', 'gradio'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"  # UI-free
+
+
 def test_one_colour_per_classifier_or_method():
     from apps.ui.style import METHOD_COLOURS, VERDICT_COLOURS, colour_of, method_of
 

@@ -19,6 +19,7 @@ from apps.ui.jobs import (
     measure_speed,
     warmup_for,
 )
+from apps.ui.setting_inputs import widget_spec
 from apps.ui.style import paint
 from apps.views._common import (
     bundle,
@@ -33,14 +34,11 @@ from cadis.analysis.training_curves import comparison_figure, curves_figure, met
 from cadis.data import ImageDataset
 from cadis.errors import CadisError
 from cadis.training.finetune import FinetuneConfig
-from cadis.training.objective import METHODS
 
 st.title("FT-CADIS fine-tuning")
 st.caption("FT-CADIS trains the classifier on denoised draws it still classifies correctly (L_SCE) and makes it "
            "consistent within an ε-ball around them (λ·L_MAdv, only for images whose draws are all correct). "
            "The denoiser stays frozen.")
-
-
 
 
 DEMO_DATA = "second half of the test split (demo: then certify only the first half)"
@@ -80,6 +78,10 @@ def _training_data(b, source: str) -> tuple[ImageDataset, ImageDataset]:
 
 
 CAPPED = {"steps": "steps", "batch_size": "batch", "subset": "subset", "eval_size": "eval_size"}
+# The app's own caps on what multiplies each step's work (the declarations set no upper bound): M draws and T attack
+# steps, on this machine's few cores. Every other bound of a setting's widget is its declaration's, or the hosted
+# cap above where that is tighter.
+COST_CAPS = {"num_draws": 16, "adv_steps": 10}
 
 
 def _apply(setting: str) -> None:
@@ -122,26 +124,39 @@ setting = st.radio("Setting", [*SETTINGS, "custom"], horizontal=True, key="ft_se
                    on_change=lambda: _apply(st.session_state["ft_setting"]),
                    help="quick demo: a few minutes on 2 CPU cores, enough for the curves to move; shipped runs' "
                         "recipe: what made src/cadis/assets/finetuned (over an hour here); custom: your own.")
+caps = {name: getattr(lim, cap) for name, cap in CAPPED.items()} | COST_CAPS
+
+
+def _spec(name: str, label: str, **more) -> dict:
+    """The widget's keywords from the setting's one declaration in FinetuneConfig (help, bounds, kind), within
+    this server's caps."""
+    return widget_spec(FinetuneConfig, name, label, caps=caps, **more)
+
+
 c1, c2, c3, c4 = st.columns(4)
-methods = [m for m in METHODS if m != "none"]
-method = c1.selectbox("Method", methods, key="ft_method", on_change=_edited,
-                      help="ft-cadis: L_SCE + λ·L_MAdv; denoised-ce: cross-entropy on every draw (baseline); "
-                           "sce-only / ce-madv: ablations.")
-sigma = c2.number_input("σ", step=0.05, format="%.3f", key="ft_sigma", on_change=_edited)
-num_draws = int(c3.number_input("M (draws per image)", 1, 16, key="ft_m", on_change=_edited))
-lam = c4.number_input("λ (weight of L_MAdv)", step=0.5, key="ft_lam", on_change=_edited)
-eps = c1.number_input("ε (ℓ2 radius, denoised space)", step=0.025, format="%.3f", key="ft_eps", on_change=_edited)
-adv_steps = int(c2.number_input("T (attack steps)", 1, 10, key="ft_t", on_change=_edited))
-lora = c3.radio("Trained weights", ["LoRA", "full"], horizontal=True, key="ft_lora", on_change=_edited) == "LoRA"
-lora_r = int(c4.number_input("LoRA rank", 1, 64, key="ft_rank", on_change=_edited))
-steps = int(c1.number_input("Steps", 1, lim.steps, key="ft_steps", on_change=_edited))
-batch = int(c2.number_input("Batch size", 1, lim.batch, key="ft_batch", on_change=_edited))
-subset = int(c3.number_input("Subset (images, 0 = all)", 0, lim.subset, key="ft_subset", on_change=_edited))
-lr = c4.number_input("Learning rate", format="%.0e", step=1e-4, key="ft_lr", on_change=_edited,
-                     help="1e-3 suits LoRA; use about 1e-4 for full fine-tuning.")
-eval_every = int(c1.number_input("Evaluate every (steps, 0 = at the end)", 0, 10_000, key="ft_eval", on_change=_edited))
-eval_size = int(c2.number_input("Test images per evaluation", 0, lim.eval_size, key="ft_eval_size", on_change=_edited))
-seed = int(c3.number_input("Seed", 0, 10**6, key="ft_seed", on_change=_edited))
+spec = _spec("method", "Method", note="ft-cadis: L_SCE + λ·L_MAdv; denoised-ce: cross-entropy on every draw "
+             "(baseline); sce-only / ce-madv: ablations.")
+spec["options"] = [m for m in spec["options"] if m != "none"]  # trains nothing
+method = c1.selectbox(**spec, key="ft_method", on_change=_edited)
+sigma = c2.number_input(**_spec("sigma", "σ"), step=0.05, format="%.3f", key="ft_sigma", on_change=_edited)
+num_draws = int(c3.number_input(**_spec("num_draws", "M (draws per image)"), key="ft_m", on_change=_edited))
+lam = c4.number_input(**_spec("lam", "λ (weight of L_MAdv)"), step=0.5, key="ft_lam", on_change=_edited)
+eps = c1.number_input(**_spec("eps", "ε (ℓ2 radius, denoised space)"), step=0.025, format="%.3f", key="ft_eps",
+                      on_change=_edited)
+adv_steps = int(c2.number_input(**_spec("adv_steps", "T (attack steps)"), key="ft_t", on_change=_edited))
+lora = c3.radio("Trained weights", ["LoRA", "full"], horizontal=True, key="ft_lora", on_change=_edited,
+                help="full: " + widget_spec(FinetuneConfig, "lora")["help"]) == "LoRA"
+lora_r = int(c4.number_input(**_spec("lora_r", "LoRA rank"), key="ft_rank", on_change=_edited))
+steps = int(c1.number_input(**_spec("steps", "Steps"), key="ft_steps", on_change=_edited))
+batch = int(c2.number_input(**_spec("batch_size", "Batch size"), key="ft_batch", on_change=_edited))
+subset = int(c3.number_input(**_spec("subset", "Subset (images, 0 = all)", none_as=0), key="ft_subset",
+                             on_change=_edited))
+lr = c4.number_input(**_spec("lr", "Learning rate"), format="%.0e", step=1e-4, key="ft_lr", on_change=_edited)
+eval_every = int(c1.number_input(**_spec("eval_every", "Evaluate every (steps, 0 = at the end)"), key="ft_eval",
+                                 on_change=_edited))
+eval_size = int(c2.number_input(**_spec("eval_size", "Test images per evaluation"), key="ft_eval_size",
+                                on_change=_edited))
+seed = int(c3.number_input(**_spec("seed", "Seed"), key="ft_seed", on_change=_edited))
 source = c4.selectbox("Training data", sources, key="ft_data")
 config = None
 try:
