@@ -22,18 +22,27 @@ from gradio_client import utils as client_utils
 from PIL import Image
 from starlette.middleware import Middleware
 
-from apps.ui.certification import certify_one, top_counts
-from apps.ui.demo_input import SOURCES, TEST_IMAGE, UPLOAD, Request, as_whole, check_request, log_refusal
+from apps.ui.certification import FORMULAS, WORDS, certify_one, known_classes_note, top_counts
+from apps.ui.demo_input import (  # noqa: F401  result_details and verdict_markdown re-exported for callers
+    SOURCES,
+    TEST_IMAGE,
+    UPLOAD,
+    Request,
+    as_whole,
+    check_request,
+    log_refusal,
+    result_details,
+    verdict_markdown,
+)
 from apps.ui.hosting import HOSTED_LIMITS, LOCAL_LIMITS, hosted, max_n, model_label
 from apps.ui.models import ModelBundle, is_custom, load_bundle, model_source
 from apps.ui.pictures import to_uint8
 from apps.ui.uploads import UploadBodyCap, admit_uploads, file_sizes
 from cadis.analysis.hallucination import score_draws
-from cadis.certification.smoothing import ABSTAIN, Certificate, max_radius
+from cadis.certification.smoothing import ABSTAIN
 from cadis.data import ImageDataset
 from cadis.errors import CadisError
 from cadis.images import EXTENSIONS, FORMAT_NAMES, MAX_UPLOAD_BYTES, image_from_path
-from cadis.models.presets import Preset
 
 GALLERY_DRAWS = 16
 LOCAL_MAX_N, HOSTED_MAX_N = LOCAL_LIMITS.n, HOSTED_LIMITS.n  # the apps' one cap (apps.ui.hosting)
@@ -81,57 +90,6 @@ def example_picture(index: int) -> str:
         Image.fromarray(to_uint8(x, 4)).save(tmp, "PNG")
         tmp.replace(path)
     return str(path)
-
-
-# ---------------------------------------------------------------- what a result says
-
-
-def result_details(req: Request, cert: Certificate, classes: list[str], n0: int, p: Preset,
-                   label_names: list[str] | None = None, precision: str = "fp32") -> dict[str, Any]:
-    """Everything a result is made of, for the JSON output and the text. The prediction is named by the
-    classifier's `classes`, the true class by the dataset's `label_names` (the same for the presets)."""
-    cap = max_radius(req.sigma, req.n, req.alpha)
-    abstained = cert.prediction == ABSTAIN
-    return {
-        "image": req.image_name, "source": req.source,
-        "true_class": None if req.label is None else (label_names or classes)[req.label],
-        "prediction": "abstain" if abstained else classes[cert.prediction],
-        "correct": None if req.label is None else (not abstained and cert.prediction == req.label),
-        "radius": round(cert.radius, 4), "largest_radius": round(cap, 4),
-        "at_largest_radius": (not abstained) and cert.count_a == cert.n,
-        "count_a": cert.count_a, "p_a_lower": round(cert.p_a_lower, 6),
-        "classifier": model_label(p.classifier), "denoiser": model_label(p.denoiser), "preset": p.name,
-        "sigma": req.sigma, "n0": n0, "n": req.n, "alpha": req.alpha, "precision": precision,
-    }
-
-
-def verdict_markdown(d: dict[str, Any]) -> str:
-    """The result in words: prediction, which image, correct or not, the radius and its cap, the producer."""
-    if d["true_class"] is None:
-        truth = " (true class not given)" if d["source"] == UPLOAD else ""
-    else:
-        truth = f" (true class: {d['true_class']})"
-    if d["correct"] is None:
-        judged = ""
-    elif d["prediction"] == "abstain":
-        judged = " · **abstained**, so not certified correct"
-    else:
-        judged = " · **correct**" if d["correct"] else " · **incorrect**"
-    lines = [f"### {'Abstain' if d['prediction'] == 'abstain' else d['prediction']}",
-             f"**Image:** {d['image']}{truth}{judged}"]
-    if d["prediction"] == "abstain":
-        lines.append(f"The top class holds only {d['count_a']}/{d['n']} draws: the lower bound of its probability, "
-                     f"{d['p_a_lower']:.3f}, is not above ½ at α = {d['alpha']:g}.")
-    else:
-        lines.append(f"Certified for every ℓ2 perturbation below **{d['radius']:.4f}** ({d['count_a']}/{d['n']} "
-                     f"draws, p_A ≥ {d['p_a_lower']:.4f}).")
-    if d["at_largest_radius"]:
-        lines.append(f"All {d['n']} draws agree, so this is the largest radius N = {d['n']} allows at α = "
-                     f"{d['alpha']:g}: σ·Φ⁻¹(α^(1/N)) = {d['largest_radius']:.4f}. Only a larger N certifies more.")
-    lines.append(f"**Produced by:** classifier {d['classifier']}, denoiser {d['denoiser']} (one-shot), "
-                 f"σ = {d['sigma']:g}, N = {d['n']} (after N0 = {d['n0']} to pick the class), α = {d['alpha']:g}, "
-                 f"{d['precision']} (the precision this machine runs the models fastest at).")
-    return "\n\n".join(lines)
 
 
 # ---------------------------------------------------------------- the event handlers
@@ -252,13 +210,14 @@ def build_demo() -> gr.Blocks:
     picks = example_indices(data.labels)
     with gr.Blocks(title="cadis: certify an image", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# cadis: a provably robust prediction for one image\n"
-                    "Denoised smoothing: add Gaussian noise (σ), denoise with a diffusion model, classify, and "
-                    "vote over N draws. The radius is guaranteed with probability 1 − α. "
+                    "The demo makes many noisy copies of your image, cleans each with a diffusion model, classifies "
+                    "it, and lets the copies vote. If the vote is clear enough, it comes with a certified radius: "
+                    "no change to the image smaller than that can change the vote. The vote may still be wrong. "
                     f"Models: the **{p.name}** preset{' with replaced models' if is_custom(p) else ''} "
                     f"({p.dataset}): classifier {model_label(p.classifier)}, denoiser "
-                    f"{model_label(p.denoiser)}. N0 = {p.n0} draws pick the class before the N that certify "
-                    "it." + (f" This shared server certifies one image at a time (N ≤ {cap}); your place in the "
-                             "queue is shown while you wait." if hosted() else ""))
+                    f"{model_label(p.denoiser)}. Before the N copies vote, another N0 = {p.n0} copies pick the "
+                    "class." + (f" This shared server certifies one image at a time (N ≤ {cap}); your place in "
+                                "the queue is shown while you wait." if hosted() else ""))
         with gr.Row():
             with gr.Column():
                 source = _as_sent(gr.Radio(list(SOURCES), value=TEST_IMAGE, label="Image to certify",
@@ -270,6 +229,7 @@ def build_demo() -> gr.Blocks:
                                             label=f"Test image #0: {data.classes[int(data.labels[0])]}",
                                             height=180, buttons=[])
                 with gr.Group(visible=False) as upload_group:
+                    gr.Markdown(known_classes_note(list(data.classes), p.dataset))
                     upload = _uploads_only(gr.File(label=f"Upload an image ({FORMAT_NAMES}, at most "
                                                          f"{MAX_UPLOAD_BYTES // 2**20} MB)",
                                                    file_types=list(EXTENSIONS), type="filepath"))
@@ -281,10 +241,15 @@ def build_demo() -> gr.Blocks:
                 gr.Examples([[example_picture(i), i] for i in picks], [test_preview, index], visible_columns=[0],
                             label="Examples from the test set, one per class: click one, then Certify",
                             examples_per_page=len(picks), api_visibility="private")
-                sigma = _as_sent(gr.Slider(0.01, 1.0, value=p.sigma, step=0.01, label="Noise level σ"))
+                sigma = _as_sent(gr.Slider(0.01, 1.0, value=p.sigma, step=0.01, label=WORDS["sigma"][0],
+                                           info=WORDS["sigma"][1]))
+                # "N draws" starts the label: API clients and tests find the slider by it
                 n = _as_sent(gr.Slider(p.n0, cap, value=min(p.n, cap), step=10,
-                                       label=f"N draws (N0 = {p.n0} more pick the class; at most {cap} here)"))
-                alpha = _as_sent(gr.Number(label="α (failure probability)", value=0.001))
+                                       label=f"N draws: n{WORDS['n'][0][1:]} (at most {cap} here)",
+                                       info=f"{WORDS['n'][1]} Another N0 = {p.n0} copies pick the class first."))
+                alpha = _as_sent(gr.Number(label=WORDS["alpha"][0], value=0.001, info=WORDS["alpha"][1]))
+                with gr.Accordion("The formulas behind σ, N0, N and α", open=False):
+                    gr.Markdown(FORMULAS)
                 run = gr.Button("Certify", variant="primary")
             with gr.Column():
                 verdict = gr.Markdown("The result appears here when a run finishes.")

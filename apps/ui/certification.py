@@ -1,6 +1,7 @@
 """Certification in the apps: CERTIFY one image (with one or several classifiers on the same draws) under the
 shared lock, its table row, the session's runs as result tables, which runs to compare by default, and the result
-files shipped in experiments/results or written under the runs directory."""
+files shipped in experiments/results or written under the runs directory. Also the words both apps use for the
+symbols (σ, N, N0, α) and for what a certificate means."""
 
 from __future__ import annotations
 
@@ -16,6 +17,48 @@ from apps.ui.models import OFF_THE_SHELF, ModelBundle, runs_dir
 from apps.ui.uploads import check_run_parameters
 from cadis.certification.smoothing import ABSTAIN, Certificate, max_radius
 from cadis.errors import CadisError
+
+# (label, one line of help) for each symbol, the same in both apps; the formulas wait in FORMULAS
+WORDS = {
+    "sigma": ("Noise level σ", "How much random noise is added to each copy of the image. More noise allows "
+              "larger radii, but the copies get harder to recognise."),
+    "n": ("Number of noisy copies N", "How many noisy copies vote on the class. More copies allow a larger radius "
+          "and take longer."),
+    "n0": ("Copies used to pick the class N0", "A separate, smaller set of noisy copies that picks the class the N "
+           "copies then vote on."),
+    "alpha": ("Error probability α", "The chance that a certificate is wrong only because the noisy copies were "
+              "unlucky: 0.001 is 1 in 1000."),
+}
+FORMULAS = (
+    "Each noisy copy is the image plus Gaussian noise of standard deviation σ, denoised and classified. The N0 "
+    "copies pick the top class A. Of the N copies, count_A vote for A; the Clopper–Pearson interval turns this into "
+    "**p_A**, a lower bound on the probability of A that holds with probability at least 1 − α. If p_A > ½, the "
+    "certified ℓ2 radius is **R = σ·Φ⁻¹(p_A)** (Φ⁻¹: the inverse of the standard normal distribution function); "
+    "otherwise the smoothed classifier abstains. When all N copies agree, p_A = α^(1/N), so no radius exceeds "
+    "σ·Φ⁻¹(α^(1/N)). This is CERTIFY (Cohen et al., 2019).")
+MEANING = ("A certificate means that the vote of the noisy copies cannot change for any change to the image "
+           "smaller than the radius (ℓ2 distance, with probability 1 − α); it does not mean the vote is right.")
+DATASET_NAMES = {"fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+
+
+def certificate_verdict(cert: Certificate, label: int | None, classes: list[str]) -> str:
+    """What one certificate says, in words; a certified answer that differs from a known true class says so, so a
+    confident wrong answer never reads like a success (`label` None or negative: unknown)."""
+    if cert.prediction == ABSTAIN:
+        return "abstained: no certificate"
+    if label is None or label < 0:
+        return "certified (true class unknown, so it may be wrong)"
+    if cert.prediction == label:
+        return "certified and correct"
+    return f"⚠ certified, but WRONG: the true class is {classes[label]}"
+
+
+def known_classes_note(classes: list[str], dataset: str) -> str:
+    """What an upload is up against: the model answers with one of its classes, whatever the picture shows."""
+    name = DATASET_NAMES.get(dataset, dataset)
+    return (f"The model knows only the {len(classes)} {name} classes ({', '.join(classes)}). Whatever you upload, "
+            "it answers with one of them or abstains, so a picture of anything else gets a wrong answer, possibly "
+            "a certified one.")
 
 
 def _counter(total: int, progress):
@@ -74,6 +117,7 @@ def certificate_row(name: str, label: int | None, cert: Certificate, counts: np.
     return {"image": name, "classifier": classifier, "label": -1 if label is None else label,
             "true class": "?" if label is None else classes[label], "predict": cert.prediction,
             "prediction": "abstain" if cert.prediction == ABSTAIN else classes[cert.prediction],
+            "certificate": certificate_verdict(cert, label, classes),
             "radius": round(cert.radius, 4), "p_A (lower)": round(cert.p_a_lower, 4),
             "count_A": cert.count_a, "n": cert.n, "sigma": sigma, "N0": n0, "alpha": alpha,
             "idx": -1 if idx is None else idx, "seed": seed, "precision": precision,

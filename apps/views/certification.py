@@ -1,4 +1,5 @@
-"""Certification: per-image certified radii with progress, and certified accuracy vs radius across runs.
+"""Certification: first what the shipped results say (one σ, three runs, sentences computed from the files), then
+per-image certified radii with progress, and, one toggle away, certified accuracy vs radius across every run.
 
 Every result names the classifier (and adapter), σ, N and α that produced it; a fine-tuned classifier is certified
 together with the off-the-shelf one on the same draws, so the `none` baseline is always there to compare with.
@@ -11,12 +12,17 @@ import plotly.express as px
 import streamlit as st
 
 from apps.ui.certification import (
+    DATASET_NAMES,
+    FORMULAS,
+    MEANING,
+    WORDS,
     baselines_for,
     certificate_row,
     certify_many,
     default_pair,
     default_runs,
     is_pairable,
+    known_classes_note,
     load_results,
     radius_cap,
     result_files,
@@ -24,7 +30,18 @@ from apps.ui.certification import (
     shared_draws,
     shipped_verdict,
 )
-from apps.ui.hosting import check_limits, hide_paths, limits, result_roots
+from apps.ui.headline import (
+    COLOURS,
+    LEGEND,
+    default_sigma,
+    headline_files,
+    headline_radius,
+    headline_sentence,
+    load_runs,
+    paired_sentence,
+    per_class,
+)
+from apps.ui.hosting import SHIPPED_RESULTS, check_limits, hide_paths, limits, result_roots
 from apps.ui.models import OFF_THE_SHELF, finetuned_info
 from apps.ui.pictures import to_uint8
 from apps.ui.style import VERDICT_COLOURS, colour_map, paint, sigma_of
@@ -50,14 +67,67 @@ from cadis.certification.smoothing import max_radius
 from cadis.errors import CadisError
 
 st.title("Certified radii")
-st.caption("CERTIFY (Cohen et al., 2019): N0 draws pick the top class, N draws bound its probability p_A from "
-           "below at confidence 1 − α; the radius is σ·Φ⁻¹(p_A). If p_A ≤ ½ the smoothed classifier abstains.")
-
-
-
+st.markdown("A **certified radius** says how far an image may be changed (in ℓ2 distance) before the vote of its "
+            "noisy copies could change. " + MEANING)
 
 b = bundle()
 hosted_note()
+# Certifying brings the session's runs into the comparison of every run; the button is drawn further down, but its
+# click is known now, before the toggle that switches views is read.
+if st.session_state.get("cert_run"):
+    st.session_state["cert_all"] = True
+everything = bool(st.session_state.get("cert_all", False))
+
+st.header("What the shipped results say")
+shipped_files = headline_files(SHIPPED_RESULTS)
+three = {}
+if not shipped_files:
+    st.info("The shipped results of the three classifiers are missing from experiments/results/.")
+else:
+    sigmas = list(shipped_files)
+    if st.session_state.get("cert_view_sigma") not in sigmas:
+        st.session_state["cert_view_sigma"] = default_sigma(sigmas)
+    view_sigma = st.radio(WORDS["sigma"][0], sigmas, key="cert_view_sigma", horizontal=True,
+                          format_func=lambda s: f"{s:g}", help=WORDS["sigma"][1])
+    try:
+        three = load_runs(shipped_files[view_sigma])
+    except (CadisError, ValueError) as e:  # a damaged file: say which, and keep the rest of the page
+        st.warning(hide_paths(f"The shipped results at σ = {view_sigma:g} cannot be read: {e}"))
+if three:
+    config = three["none"].attrs.get("config", {})
+    r_view = headline_radius(view_sigma)
+    st.markdown(f"**{headline_sentence(three, r_view)}**")
+    data = DATASET_NAMES.get(config.get("dataset"), config.get("dataset", ""))
+    st.caption(f"Three classifiers behind the same denoiser, each certified on the same {len(three['none'])} {data} "
+               f"{config.get('split', '')} images with N = {config.get('n')} noisy copies and α = "
+               f"{config.get('alpha')}: the off-the-shelf one, one fine-tuned on denoised images (cross-entropy), "
+               "and one fine-tuned with FT-CADIS. Computed from the result files in experiments/results/.")
+    if not everything:
+        fig = certified_accuracy_figure({LEGEND[k]: df for k, df in three.items()})
+        for trace in fig.data:  # fixed colours: the same three wherever these runs appear
+            trace.line.color = COLOURS[trace.name]
+        fig.add_vline(x=r_view, line_dash="dot", line_color="grey", annotation_text=f"radius {r_view:g} = σ")
+        fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), legend_title="classifier")
+        st.plotly_chart(fig, key="cert_three")
+    st.markdown(paired_sentence(three["ft-cadis.authors-lora"], three["none"], r_view,
+                                shared_draws(three["ft-cadis.authors-lora"], three["none"])))
+    if not everything:
+        # class names from the models only when they certify the data these files hold
+        names = b.classes if config.get("dataset") == b.preset.dataset else None
+        bars3 = per_class(three, r_view, names)
+        st.plotly_chart(px.bar(bars3, x="class", y="certified accuracy", color="run", barmode="group",
+                               color_discrete_map=COLOURS, range_y=[0, 1],
+                               title=f"Per class, at radius {r_view:g}: which classes each one certifies",
+                               labels={"run": "classifier"}).update_layout(
+                                   legend=dict(orientation="h", yanchor="top", y=-0.3, x=0)),
+                        key="cert_three_per_class")
+st.toggle("Show every run (for researchers)", key="cert_all",
+          help="Every shipped run and the ones certified in this session: ablations, other seeds, other N, the "
+               "best-σ envelope, the ACR table, per-class accuracy and paired comparisons of any two runs.")
+if everything:
+    st.caption("Every run is compared below, after your own certifications.")
+
+st.header("Certify images yourself")
 choices = visible_models()
 options = [OFF_THE_SHELF, *choices]
 request = st.session_state.pop(CERTIFY_REQUEST, None)
@@ -84,13 +154,21 @@ if chosen_clf != OFF_THE_SHELF:
                f"σ = {info['σ'] or '?'}.")
 images = image_picker(b, "cert", default_count=4)
 
+if st.session_state.get("cert_how") == "Upload":
+    st.info(known_classes_note(b.classes, b.preset.dataset))
+
 c1, c2, c3, c4, c5 = st.columns(5)
-sigma = c1.number_input("σ", value=float(b.preset.sigma), step=0.05, format="%.3f", key="cert_sigma")
-n0 = int(c2.number_input("N0 (selection draws)", value=min(b.preset.n0, 100), step=10, key="cert_n0"))
-n = int(c3.number_input("N (estimation draws)", value=min(b.preset.n, 1000), max_value=limits().n, step=100,
-                        key="cert_n"))
-alpha = c4.number_input("α", value=0.001, step=0.001, format="%.4f", key="cert_alpha")
-seed = int(c5.number_input("Seed", 0, 10**6, 0, key="cert_seed"))
+sigma = c1.number_input(WORDS["sigma"][0], value=float(b.preset.sigma), step=0.05, format="%.3f", key="cert_sigma",
+                        help=WORDS["sigma"][1])
+n0 = int(c2.number_input(WORDS["n0"][0], value=min(b.preset.n0, 100), step=10, key="cert_n0", help=WORDS["n0"][1]))
+n = int(c3.number_input(WORDS["n"][0], value=min(b.preset.n, 1000), max_value=limits().n, step=100, key="cert_n",
+                        help=WORDS["n"][1]))
+alpha = c4.number_input(WORDS["alpha"][0], value=0.001, step=0.001, format="%.4f", key="cert_alpha",
+                        help=WORDS["alpha"][1])
+seed = int(c5.number_input("Seed", 0, 10**6, 0, key="cert_seed", help="Which noise draws: the same seed, the same "
+                                                                        "noisy copies."))
+with st.expander("The formulas behind σ, N0, N and α"):
+    st.markdown(FORMULAS)
 
 
 def _name(k: str) -> str:
@@ -137,13 +215,22 @@ if rows:
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "_image"} for r in rows])
     first = rows[0]
     several = len(set(table["classifier"])) > 1
-    st.markdown(f"**{first['classifier']}**{' and the off-the-shelf baseline' if several else ''} · σ = "
-                f"{first['sigma']:g} · N0 = {first['N0']} · N = {first['n']} · α = {first['alpha']:g}")
+    st.markdown(f"**{first['classifier']}**{' and the off-the-shelf baseline' if several else ''} · noise level "
+                f"σ = {first['sigma']:g} · N0 = {first['N0']} copies to pick the class · N = {first['n']} noisy "
+                f"copies · error probability α = {first['alpha']:g}")
+    st.info(MEANING, icon=":material/info:")
+    wrong = [r for r in rows if r["predict"] >= 0 and r["label"] >= 0 and r["predict"] != r["label"]]
+    if wrong:  # a confident wrong answer must not read like a success: said in words, not only in a colour
+        st.warning("**Certified, but wrong:** " + "; ".join(
+            f"{r['image']} ({r['classifier']}) is certified as {r['prediction']}, but the true class is "
+            f"{r['true class']}" for r in wrong) + ".", icon=":material/warning:")
     st.dataframe(table.drop(columns=["label", "predict", "idx", "seed"]), hide_index=True, key="cert_table",
-                 column_config={"classifier": st.column_config.TextColumn(width="large")})
+                 column_config={"classifier": st.column_config.TextColumn(width="large"),
+                                "certificate": st.column_config.TextColumn(width="large")})
     main = [r for r in rows if r["classifier"] == first["classifier"]]
     st.image([to_uint8(r["_image"], 3) for r in main],
-             caption=[f"{r['image']} {r['true class']} → {r['prediction']}, R = {r['radius']:.3f}" for r in main],
+             caption=[f"{r['image']} {r['true class']} → {r['prediction']}, R = {r['radius']:.3f}"
+                      + (" ⚠ certified, but WRONG" if r in wrong else "") for r in main],
              width=110)
     verdict = ["abstain" if r["predict"] < 0 else "correct" if r["predict"] == r["label"] else
                "unlabelled" if r["label"] < 0 else "wrong" for r in rows]
@@ -161,79 +248,84 @@ if rows:
     st.download_button("Download this table (CSV)", table.to_csv(index=False), "certificates.csv", "text/csv",
                        key="cert_csv")
 
-st.header("Certified accuracy vs radius")
-files = result_files(result_roots(visitor()))
-shipped, problems = load_results(files)
-methods = {f"fine-tuned: {k}": finetuned_info(p)["method"] for k, p in choices.items()}
-session = session_results(st.session_state.get("cert_history", []), methods)
-runs = {**session, **shipped}
-for p in problems:
-    st.warning(hide_paths(f"Skipped {p}"))
-if not runs:
-    st.info("No results yet: none shipped in experiments/results/, none under runs/, and no labelled image certified "
-            "in this session. Certify test images above, or run `cadis certify …`.")
-else:
-    # runs certified since the last rerun join the comparison, each with its matching `none` baseline
-    keep_selection("cert_runs", list(runs), default_runs(session, shipped, float(b.preset.sigma)),
-                   joinable=list(session), companions=lambda k: baselines_for(k, runs))
-    chosen = st.multiselect("Runs (classifier, σ, N, α)", list(runs), key="cert_runs")
-    if chosen:
-        picked = {k: runs[k] for k in chosen}
-        envelope = st.checkbox("Best-σ envelope", value=False, key="cert_envelope")
-        fig = paint(certified_accuracy_figure(picked, envelope=envelope))
-        for trace in fig.data:  # this session's runs stand out from the shipped ones of the same method and σ
-            if (trace.name or "").startswith("this session"):
-                trace.line.width = 4
-        fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), height=520)  # long names
-        st.plotly_chart(fig, key="cert_curve")
-        caps = {(c.get("sigma"), c.get("n"), c.get("alpha")) for c in (df.attrs.get("config", {}) for df in
-                                                                        picked.values())}
-        caps = sorted(c for c in caps if None not in c)
-        if caps:
-            st.caption("Each curve drops to 0 at the largest radius its N allows (all N draws agree): " + "; ".join(
-                f"σ = {s:g}, N = {nn}, α = {a:g}: R ≤ {max_radius(s, nn, a):.3f}" for s, nn, a in caps) + ".")
-        table = summary_table(picked, DEFAULT_RADII, envelope=envelope)
-        st.dataframe(table.style.format(precision=3).format("{:.0f}", subset=["images"], na_rep=""),
-                     key="cert_summary", column_config={"_index": st.column_config.TextColumn("run", width="large")})
-        st.download_button("Download the ACR table (CSV)", table.to_csv(), "certified_accuracy.csv", "text/csv",
-                           key="cert_summary_csv")
-        radius = st.select_slider("Per class, at radius", options=list(DEFAULT_RADII), value=0.0, key="cert_class_r")
-        per_class = per_class_accuracy(picked, radius, b.classes).reset_index().melt(
-            id_vars="run", var_name="class", value_name="certified accuracy")
-        per_class["σ"] = [f"σ={s:g}" if (s := sigma_of(r)) is not None else "?" for r in per_class["run"]]
-        st.plotly_chart(px.bar(per_class, x="class", y="certified accuracy", color="run", barmode="group",
-                               pattern_shape="σ" if per_class["σ"].nunique() > 1 else None,
-                               color_discrete_map=colour_map(picked), range_y=[0, 1], height=520).update_layout(
-                                   legend=dict(orientation="h", yanchor="top", y=-0.3, x=0)), key="cert_per_class")
-        pairable = [k for k in chosen if is_pairable(runs[k])]
-        pair = default_pair(chosen, runs)
-        if pair is not None:
-            st.subheader("Paired comparison")
-            if st.session_state.get("cert_pair_default") != pair:  # new runs, a new default: it replaces the old
-                st.session_state["cert_pair_default"] = pair
-                st.session_state["cert_pair_a"], st.session_state["cert_pair_b"] = pair
-            for key, default in zip(("cert_pair_a", "cert_pair_b"), pair):  # a run that left the selection
-                if st.session_state.get(key) not in pairable:
-                    st.session_state[key] = default
-            left, right = st.columns(2)
-            first = left.selectbox("Run A", pairable, key="cert_pair_a")
-            second = right.selectbox("Run B", pairable, key="cert_pair_b")
-            ca, cb = runs[first].attrs.get("config", {}), runs[second].attrs.get("config", {})
-            differ = [name for k, name in (("sigma", "σ"), ("n", "N"), ("alpha", "α")) if ca.get(k) != cb.get(k)]
-            if shared_draws(runs[first], runs[second]):
-                how = "on the same noise draws, so only the classifiers differ"
-            else:
-                how = "on different noise draws, so the difference also holds the luck of the draws"
-            st.caption("Image by image, on the images both runs hold: which run certifies an image at r that the "
-                       f"other does not, and the exact McNemar test of the difference. These two were certified {how}"
-                       f"{'; they differ in ' + ', '.join(differ) + ' too' if differ else ''}.")
-            try:
-                paired = paired_comparison(runs[first], runs[second], DEFAULT_RADII)
-                st.dataframe(paired.rename(columns={"a_only": "only A", "b_only": "only B",
-                                                    "difference": "A − B"}).style.format(
-                    {"A − B": "{:+.3f}", "p_value": "{:.2g}"}), key="cert_paired")
-            except CadisError as e:
-                st.warning(hide_paths(str(e)))
+if everything:  # today's full dashboard, for researchers
+    st.header("Certified accuracy vs radius: every run")
+    files = result_files(result_roots(visitor()))
+    shipped, problems = load_results(files)
+    methods = {f"fine-tuned: {k}": finetuned_info(p)["method"] for k, p in choices.items()}
+    session = session_results(st.session_state.get("cert_history", []), methods)
+    runs = {**session, **shipped}
+    for p in problems:
+        st.warning(hide_paths(f"Skipped {p}"))
+    if not runs:
+        st.info("No results yet: none shipped in experiments/results/, none under runs/, and no labelled image "
+                "certified in this session. Certify test images above, or run `cadis certify …`.")
+    else:
+        # runs certified since the last rerun join the comparison, each with its matching `none` baseline
+        keep_selection("cert_runs", list(runs), default_runs(session, shipped, float(b.preset.sigma)),
+                       joinable=list(session), companions=lambda k: baselines_for(k, runs))
+        chosen = st.multiselect("Runs (classifier, σ, N, α)", list(runs), key="cert_runs")
+        if chosen:
+            picked = {k: runs[k] for k in chosen}
+            envelope = st.checkbox("Best-σ envelope", value=False, key="cert_envelope")
+            fig = paint(certified_accuracy_figure(picked, envelope=envelope))
+            for trace in fig.data:  # this session's runs stand out from the shipped ones of the same method and σ
+                if (trace.name or "").startswith("this session"):
+                    trace.line.width = 4
+            fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), height=520)  # long names
+            st.plotly_chart(fig, key="cert_curve")
+            caps = {(c.get("sigma"), c.get("n"), c.get("alpha")) for c in (df.attrs.get("config", {}) for df in
+                                                                            picked.values())}
+            caps = sorted(c for c in caps if None not in c)
+            if caps:
+                st.caption("Each curve drops to 0 at the largest radius its N allows (all N draws agree): " + "; ".join(
+                    f"σ = {s:g}, N = {nn}, α = {a:g}: R ≤ {max_radius(s, nn, a):.3f}" for s, nn, a in caps) + ".")
+            table = summary_table(picked, DEFAULT_RADII, envelope=envelope)
+            st.dataframe(table.style.format(precision=3).format("{:.0f}", subset=["images"], na_rep=""),
+                         key="cert_summary",
+                         column_config={"_index": st.column_config.TextColumn("run", width="large")})
+            st.download_button("Download the ACR table (CSV)", table.to_csv(), "certified_accuracy.csv", "text/csv",
+                               key="cert_summary_csv")
+            radius = st.select_slider("Per class, at radius", options=list(DEFAULT_RADII), value=0.0,
+                                      key="cert_class_r")
+            per_class = per_class_accuracy(picked, radius, b.classes).reset_index().melt(
+                id_vars="run", var_name="class", value_name="certified accuracy")
+            per_class["σ"] = [f"σ={s:g}" if (s := sigma_of(r)) is not None else "?" for r in per_class["run"]]
+            st.plotly_chart(px.bar(per_class, x="class", y="certified accuracy", color="run", barmode="group",
+                                   pattern_shape="σ" if per_class["σ"].nunique() > 1 else None,
+                                   color_discrete_map=colour_map(picked), range_y=[0, 1], height=520).update_layout(
+                                       legend=dict(orientation="h", yanchor="top", y=-0.3, x=0)), key="cert_per_class")
+            pairable = [k for k in chosen if is_pairable(runs[k])]
+            pair = default_pair(chosen, runs)
+            if pair is not None:
+                st.subheader("Paired comparison")
+                if st.session_state.get("cert_pair_default") != pair:  # new runs, a new default: it replaces the old
+                    st.session_state["cert_pair_default"] = pair
+                    st.session_state["cert_pair_a"], st.session_state["cert_pair_b"] = pair
+                for key, default in zip(("cert_pair_a", "cert_pair_b"), pair):  # a run that left the selection
+                    if st.session_state.get(key) not in pairable:
+                        st.session_state[key] = default
+                left, right = st.columns(2)
+                first = left.selectbox("Run A", pairable, key="cert_pair_a")
+                second = right.selectbox("Run B", pairable, key="cert_pair_b")
+                ca, cb = runs[first].attrs.get("config", {}), runs[second].attrs.get("config", {})
+                differ = [name for k, name in (("sigma", "σ"), ("n", "N"), ("alpha", "α")) if ca.get(k) != cb.get(k)]
+                if shared_draws(runs[first], runs[second]):
+                    how = "on the same noise draws, so only the classifiers differ"
+                else:
+                    how = "on different noise draws, so the difference also holds the luck of the draws"
+                too = "; they differ in " + ", ".join(differ) + " too" if differ else ""
+                st.caption("Image by image, on the images both runs hold: which run certifies an image at r that "
+                           "the other does not, and the exact McNemar test of the difference. These two were "
+                           f"certified {how}{too}. Each p-value is for one comparison at one radius; among many, some "
+                           "are small by chance.")
+                try:
+                    paired = paired_comparison(runs[first], runs[second], DEFAULT_RADII)
+                    st.dataframe(paired.rename(columns={"a_only": "only A", "b_only": "only B",
+                                                        "difference": "A − B"}).style.format(
+                        {"A − B": "{:+.3f}", "p_value": "{:.2g}"}), key="cert_paired")
+                except CadisError as e:
+                    st.warning(hide_paths(str(e)))
 
 verdict = shipped_verdict()
 if verdict is not None:
