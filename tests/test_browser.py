@@ -119,7 +119,7 @@ def test_a_deep_link_as_first_request_still_uses_the_app_navigation(page, server
     # Runs first (file order) on a fresh server: the first request is a deep link, and app.py's navigation holds.
     visit(page, server, "models", "Presets")
     page.wait_for_timeout(500)
-    assert sidebar_titles(page) == ["Overview", "Hallucinations", "Fine-tuning", "Certification", "Models"]
+    assert sidebar_titles(page) == ["Overview", "Hallucinations", "Fine-tuning", "Payoff", "Certification", "Models"]
 
 
 WIDTHS = (1400, 390)  # a laptop, a phone
@@ -144,7 +144,7 @@ def screenshots(page, name: str) -> None:
 @pytest.mark.parametrize("path, marker", PAGES)
 def test_every_page_renders(page, server, path, marker):
     visit(page, server, path, marker)
-    assert sidebar_titles(page) == ["Overview", "Hallucinations", "Fine-tuning", "Certification", "Models"]
+    assert sidebar_titles(page) == ["Overview", "Hallucinations", "Fine-tuning", "Payoff", "Certification", "Models"]
     if path == "":
         page.locator('[data-testid="stImage"] img').nth(2).wait_for()  # clean, noisy, denoised
     screenshots(page, f"page-{path or 'overview'}")
@@ -167,7 +167,8 @@ def test_hallucination_grid_in_the_browser(page, server):
 
 def test_certification_in_the_browser(page, server):
     visit(page, server, "certification", "Certified radii")
-    for label, value in [("Test-set indices", "0, 1"), ("N0 (selection draws)", "10"), ("N (estimation draws)", "50")]:
+    for label, value in [("Test-set indices", "0, 1"), ("Copies used to pick the class N0", "10"),
+                         ("Number of noisy copies N", "50")]:
         page.get_by_label(label, exact=True).fill(value)
         page.get_by_label(label, exact=True).press("Enter")
         settle(page)
@@ -274,7 +275,8 @@ def test_the_classroom_path(page, server):
     page.get_by_role("button", name="Certify this model").click()
     page.get_by_text("Certified radii").first.wait_for()
     settle(page)
-    fill(page, [("Test-set indices", "0, 1"), ("N0 (selection draws)", "10"), ("N (estimation draws)", "50")])
+    fill(page, [("Test-set indices", "0, 1"), ("Copies used to pick the class N0", "10"),
+                ("Number of noisy copies N", "50")])
     page.get_by_role("button", name="Certify").click()
     page.get_by_text("done: 2 images").wait_for()
     settle(page)

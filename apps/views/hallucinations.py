@@ -15,6 +15,7 @@ import streamlit as st
 from apps.ui.hosting import check_limits, hide_paths, is_own, limits
 from apps.ui.models import OFF_THE_SHELF
 from apps.ui.pictures import data_uri, strip, to_uint8
+from apps.ui.story import detector_line
 from apps.ui.style import DENOISER_DASH, VERDICT_COLOURS, colour_map, colour_of
 from apps.ui.uploads import check_run_parameters
 from apps.views._common import (
@@ -33,18 +34,22 @@ CLASSROOM = {"hal_how": "By class", "hal_class_name": "Shirt", "hal_count": 4, "
 DENOISERS = {"one-shot": ["one-shot"], "multistep": ["multistep"], "both": ["multistep", "one-shot"]}
 
 st.title("Why denoisers hallucinate")
-# Measured with `python benchmarks/hallucination_auroc.py` (and `--classes Shirt --images-per-class 64`) on the
-# embedded models; docs/app.md gives the table.
 st.markdown(
     "A **hallucination** is a denoised draw that no longer shows the image's class: asked to remove strong noise, "
     "the diffusion model returns a *plausible* image, sometimes of another class (a shirt becomes a coat or a bag), "
-    "and the classifier then names that class. **Does low confidence give it away? Only partly.** Measured on the "
-    "embedded models at σ = 1, low confidence flags hallucinated draws with an AUROC of 0.73 over all classes "
-    "(multistep; 0.78 one-shot; 1280 draws each: 16 test images per class × 8 draws), where 0.5 is chance. On "
-    "shirts, the class that hallucinates most, it is 0.44 (512 draws: 64 shirts × 8): worse than chance, because "
-    "the classifier is *more* confident on the coat the denoiser invented than on the real shirt. The benchmark "
-    "repeats it on other images (500 test images × 4 draws): 0.78 over all classes, 0.40 on shirts. So FT-CADIS "
-    "does not trust confidence: it trains only on draws whose prediction is right.")
+    "and the classifier then names that class. **Does low confidence give it away? Only partly.** Over all classes, "
+    "hallucinated draws tend to get lower confidence than kept ones. On shirts, one of the classes that hallucinate "
+    "most, they do not: the classifier is often *more* confident on the coat the denoiser invented than on the real "
+    "shirt. So FT-CADIS does not trust confidence: it trains only on draws whose prediction is right.")
+with st.expander("How well does low confidence flag them? (AUROC)"):
+    # Measured with `python benchmarks/hallucination_auroc.py` (and `--classes Shirt --images-per-class 64`) on the
+    # embedded models; docs/app.md gives the table. The benchmark files' line is computed (apps.ui.story).
+    st.markdown(
+        "The **AUROC** of low confidence as a detector is the chance that a random hallucinated draw gets lower "
+        "confidence than a random kept one: 0.5 is a coin flip, 1 a perfect detector, below 0.5 worse than a coin "
+        "flip. Measured on the embedded models at σ = 1 with `benchmarks/hallucination_auroc.py`: 0.73 over all "
+        "classes (multistep; 0.78 one-shot; 1280 draws each: 16 test images per class × 8 draws); on shirts 0.44 "
+        "(512 draws: 64 shirts × 8). " + (detector_line(1.0) or ""))
 
 
 def _classroom() -> None:  # a callback may set widgets' values before they are drawn
