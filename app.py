@@ -1,6 +1,9 @@
-"""cadis Streamlit app: `streamlit run app.py`. Navigation and page config only; the pages live in pages/."""
+"""cadis Streamlit app: `streamlit run app.py`. Navigation and page config only; the pages live in apps/views/."""
 
 import streamlit as st
+
+from apps.ui.hosting import hosted
+from apps.ui.visitor import recognise
 
 st.set_page_config(page_title="cadis: certified robustness with denoised smoothing", page_icon=":material/shield:",
                    layout="wide")
@@ -13,4 +16,6 @@ pages = [
     st.Page("apps/views/certification.py", title="Certification", icon=":material/verified:"),
     st.Page("apps/views/models.py", title="Models", icon=":material/extension:"),
 ]
+if hosted():  # on every page, so a reload anywhere finds the visitor's runs again (the page repeats it, harmlessly)
+    recognise(st.query_params, st.session_state)
 st.navigation(pages).run()

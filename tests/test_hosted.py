@@ -10,6 +10,7 @@ import io
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,8 +31,9 @@ from apps.ui.hosting import (
     new_visitor,
     resolve_model,
 )
-from apps.ui.jobs import FinetuneJob
+from apps.ui.jobs import ONE_RUN, QUEUE_FULL, FinetuneJob, shared_queue
 from apps.ui.uploads import UploadLedger, check_uploads, file_sizes
+from apps.ui.visitor import PARAM, TOKEN_KEY, new_token, recognise, visitor_id
 from cadis.errors import CadisError
 
 from conftest import model_env
@@ -61,11 +63,11 @@ def add_run(runs: Path, visitor: str, name: str) -> Path:
     return model
 
 
-def app_at(page: str, visitor: str):
+def app_at(page: str, token: str):
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(APP, default_timeout=120)
-    at.session_state["visitor"] = visitor  # the browser session's id, as `_common.visitor()` would draw it
+    at.session_state[TOKEN_KEY] = token  # the browser session's token, as `visitor.recognise` keeps it
     at.run()
     at.switch_page(f"apps/views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
@@ -125,9 +127,10 @@ def test_a_visitor_can_load_no_other_visitors_model_nor_any_server_path(hosted_e
 
 def test_the_models_page_offers_a_list_and_no_path_field(hosted_env, monkeypatch):
     runs = hosted_env
-    a, b = new_visitor(), new_visitor()
+    token = new_token()
+    a, b = new_visitor(), visitor_id(token)
     theirs, mine = add_run(runs, a, "run-a"), add_run(runs, b, "run-b")
-    at = app_at("models", b)
+    at = app_at("models", token)
     keys = {w.key for w in at.text_input}
     assert not keys & {"models_denoiser", "models_classifier"}  # nothing to type a path into
     choice = at.selectbox(key="models_classifier_choice")
@@ -227,7 +230,7 @@ def test_the_app_refuses_an_upload_request_over_the_caps_before_reading_it(hoste
     real = common.image_from_bytes
     monkeypatch.setattr(common, "image_from_bytes", lambda data, *a, **k: opened.append(len(data)) or real(data, *a,
                                                                                                              **k))
-    at = app_at("hallucinations", new_visitor())
+    at = app_at("hallucinations", new_token())
     at.radio(key="hal_how").set_value("Upload").run()
     uploader = at.file_uploader(key="hal_files")
     for name, data in files:
@@ -241,3 +244,152 @@ def test_the_app_refuses_an_upload_request_over_the_caps_before_reading_it(hoste
     assert [u.key for u in fresh] == ["hal_files1"]  # an empty uploader replaces the refused one
     fresh[0].upload("ok.png", png(200), "image/png").run()  # a request within the caps goes through
     assert not at.error and opened == [len(png(200))] and not at.button(key="hal_run").disabled
+
+
+# ---------------------------------------------------------------- a visitor across a reload, the queue, the caps
+
+TINY_RUN = dict(ft_steps=2, ft_batch=4, ft_subset=8, ft_m=1, ft_t=1, ft_eval=0, ft_eval_size=0)
+
+
+def empty(queue):
+    for job in list(queue.jobs):
+        job.stop()
+        job.thread.join(60) if job.thread.is_alive() else None
+    queue.jobs.clear()
+    return queue
+
+
+@pytest.fixture
+def queue():
+    """The process-wide job queue, emptied before and after (a test's jobs must not hold up another's)."""
+    yield empty(shared_queue())
+    empty(shared_queue())
+
+
+def finetuning_at(token: str | None = None):
+    """A fresh browser session on the Fine-tuning page; `token` in its URL as a reload would send it."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({} if token is None else {PARAM: token})
+    at.run()
+    at.switch_page("apps/views/finetuning.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def set_inputs(at, values: dict) -> None:
+    for key, value in values.items():
+        at.number_input(key=key).set_value(value)
+    at.selectbox(key="ft_data").set_value(at.selectbox(key="ft_data").options[-1])  # the small demo split
+
+
+def test_tokens_are_recognised_only_when_the_server_issued_them(hosted_env, monkeypatch):
+    params, state = {}, {}
+    first = recognise(params, state)  # a first visit: a token in the URL, the id a hash of it
+    token = params[PARAM]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{32}", token) and first == visitor_id(token) and VISITOR_ID.fullmatch(first)
+    assert token not in first and first not in token
+    assert recognise({PARAM: token}, {}) == first  # a reload: a new session, the same visitor
+    assert recognise({}, state) == first  # a page switch that lost the URL's parameters: the session's token
+    for forged in ("A" * 32, token[:-1] + ("A" if token[-1] != "A" else "B"), "../x", "", first, "x" * 5000):
+        params = {PARAM: forged}
+        new = recognise(params, {})
+        assert new != first and params[PARAM] not in (forged, token)  # a new visitor; nothing else told
+    hosting.visitor_dir(first).mkdir(parents=True)  # after a restart the folder vouches for the token
+    monkeypatch.setattr("apps.ui.visitor._issued", set())
+    assert recognise({PARAM: token}, {}) == first
+    assert state[TOKEN_KEY] == token
+
+
+def test_a_visitor_who_reloads_sees_and_stops_their_run_and_cannot_start_a_second(hosted_env, queue, monkeypatch):
+
+    gate, real = threading.Event(), FinetuneJob._baseline
+    monkeypatch.setattr(FinetuneJob, "_baseline", lambda self: gate.wait(60) and real(self))  # held in warm-up
+    first = finetuning_at()
+    token = first.query_params[PARAM]
+    assert first.session_state["visitor"] == visitor_id(token)
+    set_inputs(first, {**TINY_RUN, "ft_steps": 300})
+    first.button(key="ft_start").click().run()
+    assert not first.error, [e.value for e in first.error]
+    job = queue.latest(visitor_id(token))
+    assert job is not None and job.running
+
+    again = finetuning_at(token)  # the reload: a new session, the same URL
+    assert again.query_params[PARAM] == token and not again.button(key="ft_stop").disabled
+    assert not any("No fine-tuning run yet" in i.value for i in again.info)
+    progress = again.get("progress")[0].proto.text
+    assert progress.startswith("warming up: ") and "step 0 / 300" in progress, progress
+    set_inputs(again, TINY_RUN)
+    again.button(key="ft_start").click().run()  # a second run: refused, nothing queued
+    assert [e.value for e in again.error] == [ONE_RUN]
+    assert [j for j in queue.jobs if j.owner == visitor_id(token)] == [job]
+
+    other = finetuning_at(finetuning_at().query_params[PARAM])  # another visitor's token, reloaded
+    unknown = finetuning_at("Z" * 32)  # a token the server never issued: a new visitor, told nothing
+    for at in (other, unknown):
+        assert at.button(key="ft_stop").disabled and any("No fine-tuning run yet" in i.value for i in at.info)
+        assert token not in str(at.query_params) and not at.get("progress")
+    assert unknown.query_params[PARAM] != "Z" * 32
+
+    again.button(key="ft_stop").click().run()  # the reloaded page stops the run started before the reload
+    gate.set()
+    job.thread.join(60)
+    assert job.status == "stopped"
+    again.run()  # the run has ended (joined above): one rerun shows it, as the page's polling would
+    assert any("Stopped" in w.value for w in again.warning), [w.value for w in again.warning]
+    assert again.button(key="ft_stop").disabled
+
+
+def placeholder(owner: str) -> FinetuneJob:
+    """A job for the queue's bookkeeping alone: no thread, no model; it runs until the test says otherwise."""
+    from cadis.training.finetune import FinetuneConfig
+
+    job = FinetuneJob(FinetuneConfig(steps=1, batch_size=1), None, None, None, owner=owner, estimate_s=60.0)
+    job.start = lambda: setattr(job, "status", "running") or job
+    return job
+
+
+def test_a_queued_run_keeps_its_place_across_a_reload_and_a_full_queue_refuses(hosted_env, queue):
+
+    bound = hosting.limits().queue
+    for k in range(3):  # one running, two waiting
+        queue.submit(placeholder(f"{k:016x}"), max_waiting=bound)
+    first = finetuning_at()
+    set_inputs(first, TINY_RUN)
+    first.button(key="ft_start").click().run()
+    again = finetuning_at(first.query_params[PARAM])  # reloaded: their place in the queue, and Stop
+    assert any("Queued: 3 job(s) ahead of yours" in i.value for i in again.info), [i.value for i in again.info]
+    assert not again.button(key="ft_stop").disabled
+
+    while len(queue.waiting()) < bound:  # the queue at its bound
+        queue.submit(placeholder(f"{len(queue.jobs):016x}"), max_waiting=bound)
+    late = finetuning_at()
+    set_inputs(late, TINY_RUN)
+    assert any(f"The queue is full ({bound} waiting)" in c.value for c in late.caption)  # said before Start
+    late.button(key="ft_start").click().run()
+    assert [e.value for e in late.error] == [QUEUE_FULL.format(n=bound)] and "try again" in QUEUE_FULL
+    assert len(queue.jobs) == bound + 1 and queue.latest(late.session_state["visitor"]) is None
+    assert any("No fine-tuning run yet" in i.value for i in late.info)
+
+    again.button(key="ft_stop").click().run()  # out of the queue: the one behind moves up
+    assert any("Taken out of the queue" in w.value for w in again.warning) and len(queue.waiting()) == bound - 1
+
+
+def test_caps_are_stated_beside_their_inputs_and_an_over_cap_value_is_refused(hosted_env, queue):
+    lim = hosting.limits()
+    at = finetuning_at()
+    captions = [c.value for c in at.caption]
+    for words in (f"At most {lim.steps} steps on this shared server", f"At most {lim.batch} images per batch",
+                  f"At most {lim.subset:,} training images", f"At most {lim.eval_size} test images per evaluation"):
+        assert any(words in c for c in captions), words
+    assert at.number_input(key="ft_steps").max > lim.steps  # a browser would drop a value above max silently
+    set_inputs(at, {**TINY_RUN, "ft_steps": lim.steps + 1})
+    at.run()
+    assert [e.value for e in at.error] == [f"The number of steps is capped at {lim.steps} in this shared demo (got "
+                                           f"{lim.steps + 1}); lower it, or run the app locally for more."]
+    assert at.number_input(key="ft_steps").value == lim.steps + 1  # kept as typed, not replaced
+    assert at.button(key="ft_start").disabled and not queue.jobs
+    at.radio(key="ft_setting").set_value("shipped runs' recipe").run()  # a setting above the caps: lowered, in words
+    assert any("1000 → 300 steps" in i.value and "all → 2000 training images" in i.value
+               for i in at.info), [i.value for i in at.info]

@@ -1,7 +1,8 @@
 """Hosting mode: many visitors share one server (`CADIS_HOSTED=1`, which the Dockerfile sets).
 
-Hosted, each visitor (one browser session, an unguessable id) writes fine-tuning runs under runs/visitors/<id>/ and
-sees only those and the shipped ones; a visitor's folder is deleted a day after its last change (`prune_visitors`).
+Hosted, each visitor (an unguessable token in the page's URL, `apps.ui.visitor`; the id is its hash) writes
+fine-tuning runs under runs/visitors/<id>/ and sees only those and the shipped ones; a visitor's folder is deleted
+a day after its last change (`prune_visitors`).
 Models load only from that list (`model_choices`, `resolve_model`), never from a typed path, and what a visitor
 reads names no server path (`hide_paths`, `shown_spec`). Nobody can stop another's job; N, the number of images
 and draws, uploads and the fine-tuning steps are capped; heavy jobs queue with a visible position (`turns.Turns`,
@@ -45,16 +46,23 @@ class Limits:
     eval_size: int  # test images per fine-tuning evaluation
     upload_mb: int  # all files of one upload request together (each file also ≤ cadis.images.MAX_UPLOAD_BYTES)
     visitor_upload_mb: int  # what one visitor may upload within an hour (uploads.UploadLedger)
+    queue: int  # fine-tuning runs waiting behind the running one (jobs.JobQueue refuses more)
 
 
 # One set of caps for both apps (Streamlit and the Gradio demo); $CADIS_MAX_N replaces the cap on N in either mode.
 LOCAL_LIMITS = Limits(n=100_000, images=64, draws=32, steps=100_000, batch=512, subset=100_000, eval_size=5000,
-                      upload_mb=512, visitor_upload_mb=100_000)
+                      upload_mb=512, visitor_upload_mb=100_000, queue=100)
+# Hosted, 4 waiters: a newcomer waits for at most the running run and 4 capped ones, and the queue's memory (each job
+# holds its datasets) stays small.
 HOSTED_LIMITS = Limits(n=5000, images=8, draws=16, steps=300, batch=32, subset=2000, eval_size=200,
-                       upload_mb=40, visitor_upload_mb=160)
+                       upload_mb=40, visitor_upload_mb=160, queue=4)
 NAMES = {"n": "N", "images": "the number of images", "draws": "the number of draws", "steps": "the number of steps",
          "batch": "the batch size", "subset": "the training subset", "eval_size": "the test images per evaluation",
-         "upload_mb": "one upload's total (MB)", "visitor_upload_mb": "your uploads of the last hour (MB)"}
+         "upload_mb": "one upload's total (MB)", "visitor_upload_mb": "your uploads of the last hour (MB)",
+         "queue": "the number of waiting runs"}
+# What a cap counts, in the words shown next to its input ("at most 300 steps on this shared server").
+UNITS = {"n": "draws", "images": "images", "draws": "draws per image", "steps": "steps", "batch": "images per batch",
+         "subset": "training images", "eval_size": "test images per evaluation"}
 
 
 def hosted() -> bool:
@@ -97,6 +105,14 @@ def check_limits(**values: int | None) -> None:
             where = "this shared demo" if hosted() else "this app"
             raise CadisError(f"{NAMES[f.name].capitalize()} is capped at {cap} in {where} (got "
                              f"{'all' if value == 0 else value}); lower it, or run the app locally for more.")
+
+
+def cap_note(field: str) -> str:
+    """The cap of a `Limits` field in words, for the caption beside its input; empty locally (one user, the
+    widgets' own ranges)."""
+    if not hosted():
+        return ""
+    return f"At most {getattr(limits(), field):,} {UNITS[field]} on this shared server."
 
 
 def new_visitor() -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -22,9 +23,13 @@ from cadis.errors import CadisError
 from cadis.models.classifier import ImageClassifier
 
 log = logging.getLogger(__name__)
+RATE_WINDOW = 10  # steps whose durations give the live rate: recent enough to follow a busier or calmer machine
 
 
-# The quick demo: a few minutes on 2 CPU cores (benchmarks/app_speed.py --quick-demo measures it). At σ = 0.5 the
+# The quick demo: well within 5 minutes on 2 CPU cores (benchmarks/app_speed.py --quick-demo measures it). Measured
+# on a shared 2-core machine, fashion-mnist preset: 0.49 s per step (median, 0.22 s at best) and 1.2 s per 200-image
+# evaluation, 60 s in all from Start (1.7 s to the first step); while others' jobs loaded the cores (load 4.5),
+# 1.7 s per step and 4.5 s per evaluation, about 4 minutes in all. So the steps stay at 120. At σ = 0.5 the
 # off-the-shelf classifier is already right on 84.5% of denoised test images; measured on the training split, the
 # loss falls by about a fifth (0.50 → 0.41, first vs last fifth of the steps) while the test accuracy holds
 # (0.835–0.85 at each evaluation); with lr 3e-3 the loss stayed flat. LoRA, M = 2 draws, T = 1 attack step and
@@ -122,6 +127,9 @@ class FinetuneJob:
         self.path: Path | None = None
         self.started = time.time()
         self.finished: float | None = None
+        self.phase = "starting"  # what the job does before its first step, in words
+        self.step_times: list[float] = []  # when each step ended: the live rate comes from the latest ones
+        self.eval_s: float | None = None  # how long the baseline evaluation took: one evaluation's cost
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name="cadis-finetune", daemon=True)
 
@@ -148,14 +156,30 @@ class FinetuneJob:
         return self.status in ("created", "queued", "running")
 
     def seconds_left(self) -> float | None:
-        """The time to the end: measured from the steps done so far, else the estimate made before the start."""
+        """The time to the end, from the live rate: the median of the latest steps' durations (an evaluation between
+        two steps makes one of them long, the median ignores it) times the steps left, plus the evaluations left at
+        what the baseline one took. Before two steps are done: the estimate made before the start, less the time
+        spent."""
         if self.status != "running":
             return 0.0 if not self.active else self.estimate_s
         done = self.steps[-1]["step"] if self.steps else 0
-        if done < 2:
+        if len(self.step_times) < 3:
             return None if self.estimate_s is None else max(0.0, self.estimate_s - self.elapsed)
-        per_step = self.elapsed / done
-        return per_step * (self.config.steps - done)
+        recent = self.step_times[-(RATE_WINDOW + 1):]
+        per_step = statistics.median(b - a for a, b in zip(recent, recent[1:]))
+        cfg = self.config
+        evals_left = 0
+        if cfg.eval_size and cfg.eval_every:
+            evals_left = math.ceil(cfg.steps / cfg.eval_every) - done // cfg.eval_every
+        elif cfg.eval_size:
+            evals_left = 1
+        return per_step * (cfg.steps - done) + evals_left * (self.eval_s or 0.0)
+
+    def activity(self) -> str:
+        """What the job does now, in words: before its first step (loading, the baseline), or the steps."""
+        if self.status == "running" and not self.steps:
+            return f"warming up: {self.phase}"
+        return self.status
 
     @property
     def elapsed(self) -> float:
@@ -168,6 +192,7 @@ class FinetuneJob:
 
     def _event(self, event: dict[str, Any]) -> None:
         if event["kind"] == "step":
+            self.step_times.append(time.time())
             self.steps.append(event)
         elif event["kind"] == "eval":
             self.evals.append(event)
@@ -181,7 +206,10 @@ class FinetuneJob:
         cfg = self.config
         if test_set is None or not cfg.eval_size or self.stop_event.is_set():
             return
+        self.phase = f"measuring the starting test accuracy on {cfg.eval_size} denoised test images"
+        start = time.time()
         acc = evaluate_denoised(classifier, denoiser, test_set, cfg.sigma, cfg.eval_size, cfg.batch_size, cfg.seed)
+        self.eval_s = time.time() - start
         self.evals.append({"kind": "eval", "step": 0, "test_acc_denoised": acc})
 
     def _run(self) -> None:
@@ -189,6 +217,8 @@ class FinetuneJob:
 
         try:
             self._baseline()
+            self.phase = (f"preparing {'a LoRA adapter' if self.config.lora else 'the classifier'} and the first "
+                          f"batch of {self.config.batch_size} images × {self.config.num_draws} denoised draws")
             result = finetune(self.config, *self._args[:3], self._args[3], callback=self._event,
                               stop_event=self.stop_event)
             self.path, self.status = result.path, "stopped" if result.stopped else "done"
@@ -222,6 +252,11 @@ class FinetuneJob:
         return None
 
 
+ONE_RUN = ("You already have a fine-tuning run going or waiting; this shared server runs one per visitor. Stop "
+           "it, or wait for it to finish, then start again.")
+QUEUE_FULL = ("The fine-tuning queue is full ({n} runs are waiting); nothing was started. Please try again in a "
+              "few minutes.")
+
 
 class JobQueue:
     """Fine-tuning jobs of every session, one running at a time (the cores are few), the others waiting in order.
@@ -234,8 +269,14 @@ class JobQueue:
         self.jobs: list[FinetuneJob] = []
         self._keep = keep
 
-    def submit(self, job: FinetuneJob) -> FinetuneJob:
-        with self._lock:
+    def submit(self, job: FinetuneJob, max_waiting: int | None = None, one_per_owner: bool = False) -> FinetuneJob:
+        """Start `job`, or queue it behind the running one. A CadisError, and nothing started, when its owner
+        already has an active job (`one_per_owner`) or when it would wait behind `max_waiting` others already."""
+        with self._lock:  # checked and appended together: two tabs of one visitor cannot both get in
+            if one_per_owner and any(j.active and j.owner == job.owner for j in self.jobs):
+                raise CadisError(ONE_RUN)
+            if max_waiting is not None and self.running() is not None and len(self.waiting()) >= max_waiting:
+                raise CadisError(QUEUE_FULL.format(n=len(self.waiting())))
             job.on_finish = self._finished
             job.status = "queued"
             self.jobs.append(job)
@@ -280,3 +321,12 @@ class JobQueue:
         ahead = [j for j in self.jobs if j.running] + self.waiting()[:self.waiting().index(job)]
         left = [j.seconds_left() for j in ahead]
         return None if any(t is None for t in left) else sum(left)
+
+
+_QUEUE = JobQueue()
+
+
+def shared_queue() -> JobQueue:
+    """The process-wide queue: every session's runs take turns on the few cores, and a visitor who reloads (a new
+    session) finds theirs there again."""
+    return _QUEUE

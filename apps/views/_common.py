@@ -18,6 +18,7 @@ import torch
 from apps.ui.hosting import allowed_models, hide_paths, hosted, limits, new_visitor
 from apps.ui.models import ModelBundle, load_bundle, model_source
 from apps.ui.uploads import IMAGE_TYPES, admit_uploads, pick_indices
+from apps.ui.visitor import recognise
 from cadis.data import load_dataset
 from cadis.errors import CadisError
 from cadis.images import MAX_UPLOAD_BYTES, image_from_bytes
@@ -68,7 +69,10 @@ def bundle() -> ModelBundle:
 
 
 def visitor() -> str:
-    """This browser session's visitor id: hosted, its runs are its own."""
+    """This browser session's visitor id: hosted, its runs are its own, and the token in the URL finds them again
+    after a reload (apps.ui.visitor)."""
+    if hosted():
+        return recognise(st.query_params, st.session_state)
     return st.session_state.setdefault("visitor", new_visitor())
 
 

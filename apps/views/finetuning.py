@@ -1,7 +1,8 @@
 """Fine-tuning: configure FT-CADIS (or a baseline), start/stop it, and watch its curves live.
 
-A quick demo setting finishes in a few minutes; the time is estimated before Start and during the run. Runs take
-turns in a queue (one at a time on few cores); hosted, each visitor sees and stops only their own.
+A quick demo setting finishes in about 5 minutes; the time is estimated before Start and, from the live pace, during
+the run. Runs take turns in a bounded queue (one at a time on few cores); hosted, each visitor (a token in the URL,
+so a reload finds the run again) sees and stops only their own, and has at most one queued or running.
 """
 
 import time
@@ -9,7 +10,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from apps.ui.hosting import check_limits, finetune_root, hide_paths, hosted, limits
+from apps.ui.hosting import LOCAL_LIMITS, UNITS, cap_note, check_limits, finetune_root, hide_paths, hosted, limits
 from apps.ui.jobs import (
     SETTINGS,
     FinetuneJob,
@@ -17,10 +18,12 @@ from apps.ui.jobs import (
     duration,
     estimate_seconds,
     measure_speed,
+    shared_queue,
     warmup_for,
 )
 from apps.ui.setting_inputs import widget_spec
 from apps.ui.style import paint
+from apps.ui.visitor import recognise
 from apps.views._common import (
     bundle,
     certify_this,
@@ -41,6 +44,9 @@ st.caption("FT-CADIS trains the classifier on denoised draws it still classifies
            "The denoiser stays frozen.")
 
 
+if hosted():  # the visitor's token in the URL: a reload finds their run again
+    recognise(st.query_params, st.session_state)
+
 DEMO_DATA = "second half of the test split (demo: then certify only the first half)"
 FIELDS = {"method": "ft_method", "sigma": "ft_sigma", "num_draws": "ft_m", "lam": "ft_lam", "eps": "ft_eps",
           "adv_steps": "ft_t", "lora": "ft_lora", "lora_r": "ft_rank", "steps": "ft_steps", "batch_size": "ft_batch",
@@ -54,10 +60,9 @@ METRIC_HELP = {"loss_sce": "Cross-entropy on the denoised draws the classifier s
                "acc_denoised": "Accuracy on this batch's denoised draws (the same count as the kept share)."}
 
 
-@st.cache_resource
 def _queue() -> JobQueue:
-    # Process-wide: one run at a time on a small machine, the others wait their turn.
-    return JobQueue()
+    # Process-wide, outside Streamlit's caches (which a visitor may clear): one run at a time, the others wait.
+    return shared_queue()
 
 
 @st.cache_resource(show_spinner="Timing the models on this machine …", max_entries=3)
@@ -79,25 +84,31 @@ def _training_data(b, source: str) -> tuple[ImageDataset, ImageDataset]:
 
 CAPPED = {"steps": "steps", "batch_size": "batch", "subset": "subset", "eval_size": "eval_size"}
 # The app's own caps on what multiplies each step's work (the declarations set no upper bound): M draws and T attack
-# steps, on this machine's few cores. Every other bound of a setting's widget is its declaration's, or the hosted
-# cap above where that is tighter.
+# steps, on this machine's few cores. Every other bound of a setting's widget is its declaration's, or the local
+# app's. The hosted caps are not the widgets' max: a browser silently drops a value above it, where the page should
+# refuse it in words (check_limits below).
 COST_CAPS = {"num_draws": 16, "adv_steps": 10}
+SHIPPED_FT = "ft-cadis.authors-lora-s0.5"  # the shipped FT-CADIS run at the quick demo's σ
 
 
 def _apply(setting: str) -> None:
     """Fill the settings' widgets with a named setting (a callback: before the widgets are drawn), within the
-    hosted demo's caps."""
-    lim = limits()
+    hosted demo's caps; what a cap lowered is said on the page (ft_lowered), never changed silently."""
+    lim, lowered = limits(), []
     for name, value in SETTINGS.get(setting, {}).items():
         if name in CAPPED:
             cap = getattr(lim, CAPPED[name])
-            value = cap if name == "subset" and value == 0 and hosted() else min(value, cap)
+            if value > cap or (name == "subset" and value == 0 and hosted()):
+                lowered.append(f"{'all' if value == 0 else value} → {cap} {UNITS[CAPPED[name]]}")
+                value = cap
         st.session_state[FIELDS[name]] = {True: "LoRA", False: "full"}.get(value, value) if name == "lora" else value
+    st.session_state["ft_lowered"] = lowered
 
 
 def _edited() -> None:
     """A setting's value changed by hand: the settings are now the visitor's own."""
     st.session_state["ft_setting"] = "custom"
+    st.session_state["ft_lowered"] = []
 
 
 def _mine(queue: JobQueue) -> FinetuneJob | None:
@@ -122,9 +133,23 @@ except CadisError as e:
 
 setting = st.radio("Setting", [*SETTINGS, "custom"], horizontal=True, key="ft_setting",
                    on_change=lambda: _apply(st.session_state["ft_setting"]),
-                   help="quick demo: a few minutes on 2 CPU cores, enough for the curves to move; shipped runs' "
-                        "recipe: what made src/cadis/assets/finetuned (over an hour here); custom: your own.")
-caps = {name: getattr(lim, cap) for name, cap in CAPPED.items()} | COST_CAPS
+                   help="quick demo: about 5 minutes on 2 idle CPU cores, enough for the curves to move; shipped "
+                        "runs' recipe: what made src/cadis/assets/finetuned (over an hour here); custom: your own.")
+if st.session_state.get("ft_lowered"):
+    st.info("This setting asks for more than this shared server allows, so these were lowered to its caps: "
+            + "; ".join(st.session_state["ft_lowered"]) + ".")
+if SHIPPED_FT in visible_models():
+    st.caption(f":material/bolt: No time to wait? **{SHIPPED_FT}** is FT-CADIS already trained (σ = 0.5, LoRA, the "
+               "authors' recipe): certify it at once, or pick it on the Hallucinations page.")
+    if st.button("Certify the shipped FT-CADIS model", icon=":material/verified:", key="ft_shipped"):
+        certify_this(SHIPPED_FT)
+caps = {name: getattr(LOCAL_LIMITS, cap) for name, cap in CAPPED.items()} | COST_CAPS
+
+
+def _cap(column, field: str, more: str = "") -> None:
+    """Hosted, the cap of an input in words beneath it, before anything is started."""
+    if hosted():
+        column.caption(cap_note(field) + more)
 
 
 def _spec(name: str, label: str, **more) -> dict:
@@ -148,14 +173,18 @@ lora = c3.radio("Trained weights", ["LoRA", "full"], horizontal=True, key="ft_lo
                 help="full: " + widget_spec(FinetuneConfig, "lora")["help"]) == "LoRA"
 lora_r = int(c4.number_input(**_spec("lora_r", "LoRA rank"), key="ft_rank", on_change=_edited))
 steps = int(c1.number_input(**_spec("steps", "Steps"), key="ft_steps", on_change=_edited))
+_cap(c1, "steps")
 batch = int(c2.number_input(**_spec("batch_size", "Batch size"), key="ft_batch", on_change=_edited))
+_cap(c2, "batch")
 subset = int(c3.number_input(**_spec("subset", "Subset (images, 0 = all)", none_as=0), key="ft_subset",
                              on_change=_edited))
+_cap(c3, "subset", " 0 (all) is not allowed here.")
 lr = c4.number_input(**_spec("lr", "Learning rate"), format="%.0e", step=1e-4, key="ft_lr", on_change=_edited)
 eval_every = int(c1.number_input(**_spec("eval_every", "Evaluate every (steps, 0 = at the end)"), key="ft_eval",
                                  on_change=_edited))
 eval_size = int(c2.number_input(**_spec("eval_size", "Test images per evaluation"), key="ft_eval_size",
                                 on_change=_edited))
+_cap(c2, "eval_size")
 seed = int(c3.number_input(**_spec("seed", "Seed"), key="ft_seed", on_change=_edited))
 source = c4.selectbox("Training data", sources, key="ft_data")
 config = None
@@ -168,8 +197,11 @@ try:
     config.validate()
     check_limits(steps=steps, batch=batch, subset=subset, eval_size=eval_size)
     estimate = estimate_seconds(config, _speed((b.preset.name, b.preset.denoiser, b.preset.classifier), b))
-    ahead = queue.running()
+    ahead, waiting = queue.running(), len(queue.waiting())
     wait = f"; it starts after the run going now ({duration(ahead.seconds_left() or 0)} left)" if ahead else ""
+    wait += f" and the {waiting} waiting" if ahead and waiting else ""
+    wait += (f". The queue is full ({lim.queue} waiting): a new run is refused until one of them starts"
+             if ahead and waiting >= lim.queue else "")
     st.caption(f":material/schedule: Estimated time: **{duration(estimate)}** on this machine "
                f"({steps} steps of {batch} images × {num_draws} draws; warmup {config.warmup} steps, 5% of the "
                f"run){wait}.")
@@ -182,9 +214,7 @@ if st.button("Start", type="primary", disabled=config is None, key="ft_start"):
     try:
         train, test = _training_data(b, source)
         new = FinetuneJob(config, b.denoiser, b.classifier, train, test, owner=visitor(), estimate_s=estimate)
-        if hosted() and job is not None and job.active:
-            raise CadisError("Your run is still going; stop it first, or wait for it to finish.")
-        job = queue.submit(new)
+        job = queue.submit(new, max_waiting=lim.queue, one_per_owner=hosted())  # refuses, starting nothing
         if job.status == "queued":
             st.toast(f"Queued: {queue.position(job)} job(s) ahead of yours.")
     except CadisError as e:
@@ -215,10 +245,10 @@ def live(polling: bool) -> None:
     text = f"step {0 if last is None else int(last['step'])} / {current.config.steps}"
     if last is not None and "images_per_s" in last:
         text += f" · {last['images_per_s']:.1f} images/s · {current.elapsed:.0f} s"
-    left = current.seconds_left()
+    left = current.seconds_left()  # from the latest steps' pace: it follows a busier or calmer machine
     if current.running and left is not None:
-        text += f" · {duration(left)} left"
-    st.progress(current.progress, text=f"{current.status}: {text}")
+        text += f" · {duration(left)} left" + ("" if len(current.step_times) >= 3 else " (estimated before the start)")
+    st.progress(current.progress, text=f"{current.activity()}: {text}")
     if not hosted() and len(_queue().waiting()) > (current.status == "queued"):
         st.caption(f"{len(_queue().waiting())} run(s) queued; each starts when the one before it ends.")
     if last is not None:
