@@ -260,10 +260,10 @@ def test_the_classroom_path(page, server):
     fill(page, [("Steps", "6"), ("Batch size", "4"), ("Subset (images, 0 = all)", "16"),
                 ("Evaluate every (steps, 0 = at the end)", "3"), ("Test images per evaluation", "16")])
     page.get_by_role("button", name="Start").click()
-    page.get_by_text(re.compile(r"(queued|running): step \d+ / 6")).first.wait_for()
+    page.get_by_text(re.compile(r"step \d+ / 6")).first.wait_for()  # warming up, queued, running or done
     progress, deadline = set(), time.time() + 240
     while not page.get_by_text("done: step 6 / 6").count() and time.time() < deadline:
-        progress.update(re.findall(r"(?:queued|running): step \d+ / 6", page.inner_text("body")))
+        progress.update(re.findall(r"(?:queued|running|warming up)[^\n]*?step \d+ / 6", page.inner_text("body")))
         page.wait_for_timeout(200)
     page.get_by_text("done: step 6 / 6").wait_for()  # no click after Start: the page polled its way here
     assert len(progress) >= 2, f"the curves did not update while the run went: {progress}"
