@@ -84,3 +84,51 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(request, tmp_path_factory):
+    """`streamlit run app.py` on a free port, with the test models and a private runs directory: one server for
+    the browser tests of every module (test_browser.py runs first, so its first request is a fresh server's)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CADIS_RUNS_DIR": str(tmp_path_factory.mktemp("runs")),
+           "CADIS_TORCH_THREADS": os.environ.get("CADIS_TEST_THREADS", "1"), **model_env(request)}
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
+                                 f"--server.port={port}", "--server.address=127.0.0.1",
+                                 "--browser.gatherUsageStats=false", "--server.fileWatcherType=none"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def settle(page, timeout_ms: int = 90_000) -> None:
+    """Wait until the script run is over (Streamlit shows a status widget while it runs), with no exception."""
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=timeout_ms)
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator('[data-testid="stException"]') \
+        .first.inner_text()

@@ -11,11 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +19,7 @@ import pytest
 from apps.ui import payoff
 from apps.ui.story import detector_words, load_story, sentences
 
-from conftest import model_env
+from conftest import model_env, settle
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
@@ -209,50 +204,6 @@ def test_overview_and_payoff_render(app_env):
 
 
 # ---------------------------------------------------------------- one walk in a browser
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(request, tmp_path_factory):
-    port, log = _free_port(), tmp_path_factory.mktemp("streamlit") / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CADIS_RUNS_DIR": str(tmp_path_factory.mktemp("runs")),
-           "CADIS_TORCH_THREADS": os.environ.get("CADIS_TEST_THREADS", "1"), **model_env(request)}
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
-                                 f"--server.port={port}", "--server.address=127.0.0.1",
-                                 "--browser.gatherUsageStats=false", "--server.fileWatcherType=none"],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
-
-
-def settle(page) -> None:
-    page.wait_for_timeout(300)
-    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=90_000)
-    assert page.locator('[data-testid="stException"]').count() == 0
 
 
 @needs_results
