@@ -7,13 +7,13 @@ Three runs, one noise level σ: the off-the-shelf classifier (`none`), the denoi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from apps.ui.style import colour_of
 from cadis.analysis.tables import certified, paired_comparison, per_class_accuracy, read_results
+from cadis.certification.output import find_sidecar, read_sidecar
 from cadis.errors import CadisError
 
 # run name → the name people read, in the order the sentences name them
@@ -26,10 +26,11 @@ COLOURS = {LEGEND[run]: colour_of(run) for run in RUNS}  # the methods' colours,
 DEFAULT_SIGMA = 0.5
 
 
-def _run_of(sidecar: Path) -> tuple[str | None, float | None]:
+def _run_of(tsv: Path) -> tuple[str | None, float | None]:
+    sidecar = find_sidecar(tsv)  # FILE.tsv.json, or the earlier FILE.json
     try:
-        side = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
+        side = read_sidecar(sidecar, tsv, "") if sidecar is not None else None
+    except CadisError:
         return None, None
     if not isinstance(side, dict) or side.get("adaptive"):  # adaptive runs hold another image subset
         return None, None
@@ -43,7 +44,7 @@ def headline_files(root: Path) -> dict[float, dict[str, Path]]:
     `root` itself (not its subfolders, which hold other settings)."""
     found: dict[float, dict[str, Path]] = {}
     for tsv in sorted(root.glob("*.tsv")) if root.is_dir() else []:
-        run, sigma = _run_of(tsv.with_suffix(".json"))
+        run, sigma = _run_of(tsv)
         if run in RUNS and sigma is not None:
             found.setdefault(sigma, {}).setdefault(run, tsv)
     return {s: {run: runs[run] for run in RUNS} for s, runs in sorted(found.items()) if set(runs) == set(RUNS)}

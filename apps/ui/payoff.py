@@ -19,6 +19,7 @@ import torch
 from apps.ui.certification import certify_many, shared_draws
 from apps.ui.hosting import SHIPPED_RESULTS
 from apps.ui.models import ModelBundle
+from apps.ui.story import run_file
 from apps.ui.style import VERDICT_COLOURS, colour_of
 from cadis.analysis.hallucination import DrawScores, score_draws
 from cadis.analysis.tables import read_results
@@ -41,10 +42,6 @@ RULE = ("Picked from the shipped runs at one σ, on the same images and noise dr
 def margin_for(sigma: float) -> float:
     """How much larger FT-CADIS's radius must be for a pick: σ/2."""
     return sigma / 2
-
-
-def run_file(run: str, sigma: float, results: Path = SHIPPED_RESULTS) -> Path:
-    return results / f"{run}_s{sigma:g}.tsv"
 
 
 def available_sigmas(results: Path = SHIPPED_RESULTS) -> list[float]:

@@ -117,7 +117,7 @@ if three:
         bars3 = per_class(three, r_view, names)
         st.plotly_chart(px.bar(bars3, x="class", y="certified accuracy", color="run", barmode="group",
                                color_discrete_map=COLOURS, range_y=[0, 1],
-                               title=f"Per class, at radius {r_view:g}: which classes each one certifies",
+                               title=f"Per class, at radius {r_view:g}<br>which classes each one certifies",
                                labels={"run": "classifier"}).update_layout(
                                    legend=dict(orientation="h", yanchor="top", y=-0.3, x=0)),
                         key="cert_three_per_class")

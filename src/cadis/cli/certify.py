@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> None:
         x = torch.zeros(smooth.denoiser.image_shape, device=args.device)  # a dataset's images are fitted later
         config = replace(config, batch_size=_fit_batch_size(smooth, x))
         smooth.batch_size = config.batch_size
-    if args.precision == "auto" and not _cuda_device(args.device):  # on a GPU, auto is bf16 where supported
+    if args.precision == "auto":
         config = _measured(smooth, config, out, args.fresh)
     certify_dataset(smooth, dataset, out, config, args.fresh)
     if world > 1:
@@ -138,15 +138,9 @@ def run(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
-def _cuda_device(device: str) -> bool:
-    import torch
-
-    return torch.device(device).type == "cuda"
-
-
 def _measured(smooth, config, out, fresh: bool):
-    """--precision auto on a CPU: the precision its file was started with when resuming, else the one this machine
-    runs these models fastest at (timed once per machine and model, cached); the sidecar records why."""
+    """--precision auto: the precision its file was started with when resuming, else `auto_precision`'s (on a CPU the
+    one this machine runs these models fastest at, timed once and cached); the sidecar records why."""
     from dataclasses import replace
 
     from cadis.acceleration import auto_precision
