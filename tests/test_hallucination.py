@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from cadis.analysis.hallucination import (
+    DrawScores,
     auroc,
     class_aurocs,
     detector_summary,
     draws_frame,
     roc_curve,
     score_draws,
+    score_draws_batched,
     score_images,
 )
 from cadis.certification.smoothing import DenoisedSmoothing
@@ -60,6 +62,39 @@ def test_images_scored_in_shared_batches_get_their_own_draws(tiny_denoiser_dir):
         torch.testing.assert_close(batched[k].denoised, alone.denoised, atol=1e-5, rtol=1e-5)
         assert batched[k].scores["a"]["top1"] == alone.top1.tolist()
     assert len({r.denoised.sum().item() for r in batched}) == 5  # no image got another's draws
+
+
+def assert_same_scores(batched: list[DrawScores], alone: list[DrawScores]) -> None:
+    """Same draws, same decisions; the floats agree to rounding (a row's result may depend on its batch)."""
+    for b, a in zip(batched, alone, strict=True):
+        assert torch.equal(b.noisy, a.noisy) and b.reference_label == a.reference_label
+        assert torch.equal(b.top1, a.top1) and torch.equal(b.hallucinated, a.hallucinated)
+        for name in ("denoised", "probs", "confidence"):
+            torch.testing.assert_close(getattr(b, name), getattr(a, name), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["one-shot", "multistep"])
+def test_batched_scoring_returns_what_each_image_gets_alone(tiny_denoiser_dir, mode):
+    from conftest import make_tiny_vit
+
+    clf = ImageClassifier(make_tiny_vit().eval(), (1, 28, 28), (0.5,), (0.5,))
+    other = ImageClassifier(make_tiny_vit().eval(), (1, 28, 28), (0.5,), (0.5,))
+    other.model.head.weight.data.normal_(generator=torch.Generator().manual_seed(1))
+    smooth = DenoisedSmoothing(DiffusionDenoiser.from_pretrained(tiny_denoiser_dir), clf, 0.5, batch_size=16,
+                               mode=mode, steps=2)
+    test = load_dataset("fashion-mnist", "test")
+    images = [test[i][0] for i in range(5)]
+    images.insert(2, torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(2)))  # another shape, in between
+    labels = [int(test[0][1]), None, None, *[int(test[i][1]) for i in range(1, 4)]]
+    seeds = [11, 3, 5, 7, 3, 0]  # seeds need not be distinct or ordered
+    # 4 draws in batches of 7: batches cut across images, and a short last batch
+    batched = score_draws_batched(smooth, images, labels, 4, seeds, [clf, other], batch_size=7)
+    for x, label, seed, scores in zip(images, labels, seeds, batched):
+        assert_same_scores(scores, score_draws(smooth, x, label, 4, seed, [clf, other]))
+    assert not torch.equal(batched[1][0].noisy, batched[4][0].noisy)  # same seed, different images
+    assert len({s[0].denoised.sum().item() for s in batched}) == 6  # no image got another's draws
+    with pytest.raises(CadisError, match="one label and one seed per image"):
+        score_draws_batched(smooth, images, labels[:2], 4, seeds)
 
 
 def test_roc_and_auroc_match_the_rank_statistic():

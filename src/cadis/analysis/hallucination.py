@@ -43,21 +43,45 @@ def score_draws(smooth: DenoisedSmoothing, x: torch.Tensor, label: int | None, n
     return _score_stack(smooth, [x], [label], num, [seed], classifiers)[0]
 
 
+def score_draws_batched(smooth: DenoisedSmoothing, xs: Sequence[torch.Tensor], labels: Sequence[int | None], num: int,
+                        seeds: Sequence[int], classifiers: Sequence[torch.nn.Module] | None = None,
+                        batch_size: int | None = None) -> list[list[DrawScores]]:
+    """`score_draws` of many images in shared batches: the draws of all images of one shape go through the denoiser
+    and each classifier in batches of `batch_size` rows (default: `smooth.batch_size`), across image boundaries.
+    Element k is `score_draws(smooth, xs[k], labels[k], num, seeds[k], classifiers)`: image k's noise comes from
+    its own seed. Multistep denoising draws noise from the image's stream too, so there each image has its calls."""
+    if not len(xs) == len(labels) == len(seeds):
+        raise CadisError(f"Give one label and one seed per image (got {len(xs)} images, {len(labels)} labels, "
+                         f"{len(seeds)} seeds).")
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, x in enumerate(xs):  # one-shot: every image of a shape in one stack; multistep: each image alone
+        groups.setdefault(tuple(x.shape) if smooth.mode == "one-shot" else (k,), []).append(k)
+    out: list[list[DrawScores]] = [[] for _ in xs]
+    for members in groups.values():
+        scored = _score_stack(smooth, [xs[k] for k in members], [labels[k] for k in members], num,
+                              [seeds[k] for k in members], classifiers, batch_size)
+        for k, s in zip(members, scored):
+            out[k] = s
+    return out
+
+
 def _score_stack(smooth: DenoisedSmoothing, xs: Sequence[torch.Tensor], labels: Sequence[int | None], num: int,
-                 seeds: Sequence[int], classifiers: Sequence[torch.nn.Module] | None = None) -> list[list[DrawScores]]:
+                 seeds: Sequence[int], classifiers: Sequence[torch.nn.Module] | None = None,
+                 batch_size: int | None = None) -> list[list[DrawScores]]:
     """`score_draws` for several images of one shape in shared denoiser and classifier batches; image k's
     noise comes from its own seed, so its draws are those `score_draws` gives it alone."""
     classifiers = [smooth.classifier] if classifiers is None else classifiers
+    batch_size = batch_size or smooth.batch_size
     gens = [smooth.generator(x, seed) for x, seed in zip(xs, seeds)]
     with torch.inference_mode(), smooth.acceleration.autocast(xs[0].device):
         noisy = torch.stack([torch.randn((num, *x.shape), generator=gen, device=x.device).mul_(smooth.sigma).add_(x)
                              for x, gen in zip(xs, gens)])
         # multistep denoising draws from the generator too: callers stack one image at a time then
-        batches = noisy.flatten(0, 1).split(smooth.batch_size)
+        batches = noisy.flatten(0, 1).split(batch_size)
         denoised = torch.cat([smooth.denoise(b, generator=gens[0]) for b in batches]).view(noisy.shape)
         scores = []
         for classifier in classifiers:
-            batches = denoised.flatten(0, 1).split(smooth.batch_size)
+            batches = denoised.flatten(0, 1).split(batch_size)
             probs = torch.cat([classifier(b).float().softmax(1) for b in batches])
             scores.append(probs.view(len(xs), num, -1))
     out = []
@@ -93,17 +117,15 @@ def score_images(smooth: DenoisedSmoothing, images: list[tuple[str, torch.Tensor
         raise CadisError(f"The number of draws must be >= 1 (got {draws}).")
     if not classifiers:
         raise CadisError("Choose at least one classifier to score the draws with.")
-    # One-shot draws of several images share the denoiser's batches; multistep ones go one image at a time.
+    # One-shot draws of a batch's worth of images share the denoiser's batches (progress is reported per call);
+    # multistep ones go one image at a time.
     per_call = max(1, smooth.batch_size // draws) if smooth.mode == "one-shot" else 1
     out = []
     k = 0
-    while k < len(images):
-        chunk = [images[k]]
-        while (len(chunk) < per_call and k + len(chunk) < len(images)
-               and images[k + len(chunk)][1].shape == chunk[0][1].shape):
-            chunk.append(images[k + len(chunk)])
-        stacked = _score_stack(smooth, [x for _, x, _ in chunk], [label for _, _, label in chunk], draws,
-                               [seed + k + j for j in range(len(chunk))], list(classifiers.values()))
+    for start in range(0, len(images), per_call):
+        chunk = images[start:start + per_call]
+        stacked = score_draws_batched(smooth, [x for _, x, _ in chunk], [label for _, _, label in chunk], draws,
+                                      [seed + start + j for j in range(len(chunk))], list(classifiers.values()))
         for (name, x, label), scored in zip(chunk, stacked):
             scores = {cname: {"top1": s.top1.tolist(), "confidence": s.confidence.tolist(),
                               "hallucinated": s.hallucinated.tolist(), "reference": s.reference_label}

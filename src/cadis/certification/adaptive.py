@@ -141,7 +141,8 @@ def certify_adaptive(smooth: Smooth, x: torch.Tensor, n0: int, n: int, alpha: fl
                      tolerance: float | None = None, radii: Sequence[float] = (), first_look: int = FIRST_LOOK,
                      progress: Callable[[int], None] | None = None) -> Certificate:
     """Adaptive CERTIFY of one image; `Certificate.n` is the number of estimation draws used.
-    The tolerance defaults to σ/10."""
+    The tolerance defaults to σ/10. Each look asks `smooth.sample_counts` for its remainder, whose short last batch
+    a compiled engine pads to one of a few shapes (`Smooth.padded`), so the looks do not recompile the models."""
     gen = smooth.generator(x, seed)
     tolerance = default_tolerance(smooth.sigma) if tolerance is None else tolerance
     return certify_sequential(lambda k: smooth.sample_counts(x, k, gen, progress), smooth.sigma, n0, n, alpha,

@@ -19,6 +19,14 @@ from cadis.acceleration import Acceleration
 from cadis.errors import CadisError
 
 ABSTAIN = -1
+SHAPE_BUCKETS = 4  # compiled batch shapes per run: a quarter, a half, three quarters and all of batch_size
+
+
+def bucket(size: int, batch_size: int, buckets: int = SHAPE_BUCKETS) -> int:
+    """The batch shape a batch of `size` <= batch_size draws runs at with static compiled shapes: the next multiple of
+    batch_size / buckets, so any N and any adaptive look schedule take at most `buckets` compiled graphs."""
+    step = -(-batch_size // buckets)
+    return min(batch_size, -(-size // step) * step)
 
 
 def lower_confidence_bound(k: int, n: int, alpha: float) -> float:
@@ -95,6 +103,8 @@ class Smooth:
         self.base, self.num_classes, self.sigma, self.batch_size = base, num_classes, sigma, batch_size
         self.acceleration = acceleration or Acceleration()
         self._forward = self.acceleration.prepare(base, modules)
+        # Compiled graphs have static shapes: pad short batches to a few buckets rather than recompile per size.
+        self.static_shapes = self.acceleration.compile
 
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, seed: int = 0,
                 progress: Callable[[int], None] | None = None) -> Certificate:
@@ -125,8 +135,8 @@ class Smooth:
         counts = torch.zeros(1 if heads is None else len(heads), self.num_classes, dtype=torch.long, device=x.device)
         with torch.inference_mode(), self.acceleration.autocast(x.device):
             for batch in self.noisy_batches(x, num, generator):
-                for k, logits in enumerate(self.logits(batch, generator, heads)):
-                    counts[k] += torch.bincount(logits.argmax(1), minlength=self.num_classes)
+                for k, logits in enumerate(self.logits(self.padded(batch), generator, heads)):
+                    counts[k] += torch.bincount(logits[:len(batch)].argmax(1), minlength=self.num_classes)
                 if progress is not None:
                     progress(len(batch))
         counts = counts.cpu().numpy()
@@ -152,6 +162,14 @@ class Smooth:
             batch = torch.randn((b, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
             yield batch.mul_(self.sigma).add_(x)
 
+    def padded(self, batch: torch.Tensor) -> torch.Tensor:
+        """`batch`, with static shapes padded up to its `bucket` with copies of its first draw (`sample_counts` drops
+        their logits). The generator is not touched, so the real rows are the draws an unpadded run makes."""
+        size = bucket(len(batch), self.batch_size) if self.static_shapes else len(batch)
+        if size == len(batch):
+            return batch
+        return torch.cat([batch, batch[:1].expand(size - len(batch), *batch.shape[1:])])
+
     @staticmethod
     def generator(x: torch.Tensor, seed: int) -> torch.Generator:
         return torch.Generator(device=x.device).manual_seed(seed)
@@ -168,6 +186,7 @@ class DenoisedSmoothing(Smooth):
         self._prepared_fns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         super().__init__(self.classify_noisy, classifier.num_classes, sigma, batch_size, acceleration,
                          (denoiser, classifier))
+        self.static_shapes &= mode != "multistep"  # padded rows would draw denoising noise from the image's stream
         denoiser.timestep(sigma)  # fail now if σ is beyond the scheduler's range
 
     def denoise(self, noisy: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
