@@ -34,9 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=checks.threads, default=0, help="torch CPU threads (0: torch's default)")
     from cadis.acceleration import PRECISIONS
 
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                   help="autocast precision for certification")
-    p.add_argument("--compile", action="store_true", help="torch.compile for fine-tuning and certification")
+    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
+                   help="autocast precision for certification (auto: as cadis certify's; a resumed file keeps its "
+                        "own, so the shipped files resume at the bf16 they were started with)")
+    p.add_argument("--compile", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+                   help="torch.compile for certification (auto: only where it pays back, as cadis certify's) and, "
+                        "when on, fine-tuning; --compile alone means on")
 
 
 def _run_name(run: str) -> str:

@@ -20,6 +20,7 @@ from cadis.acceleration import Acceleration
 from cadis.analysis.evaluation import selection_rates
 from cadis.analysis.hallucination import class_aurocs, class_rates, detector_summary, draws_frame, score_images
 from cadis.certification.adaptive import AdaptiveSettings, default_tolerance
+from cadis.certification.engine_choice import choose_engine, started_acceleration
 from cadis.certification.runner import CertifyConfig, certify_classifiers
 from cadis.certification.smoothing import DenoisedSmoothing
 from cadis.data import FASHION_MNIST_CLASSES, ImageDataset
@@ -131,9 +132,11 @@ def build_interpolation(run: str, sigma: float) -> Path:
 
 def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0: int = 100, n: int = 1000,
                       alpha: float = 0.001, batch_size: int = 550, seed: int = 0,
-                      acceleration: Acceleration | None = None, adaptive: AdaptiveSettings | None = None) -> None:
+                      acceleration: Acceleration | None = None, adaptive: AdaptiveSettings | None = None,
+                      auto: tuple[bool, bool] = (False, False)) -> None:
     """Per σ, certify every method on the same draws: the denoiser runs once for all of them. With `adaptive`,
-    adaptive CERTIFY into results_folder(n, adaptive), beside the main results rather than over them."""
+    adaptive CERTIFY into results_folder(n, adaptive), beside the main results rather than over them. `auto`
+    (precision, compile): choose that lever as `cadis certify`'s auto does (resumed files keep theirs)."""
     acceleration = acceleration or Acceleration()
     preset = get_preset("fashion-mnist")
     denoiser, _ = preset.load_models()
@@ -158,7 +161,19 @@ def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0:
                              label=f"{method} σ={sigma:g}{tag}",
                              notes=notes)
             outs.append((folder / f"{method}_s{sigma:g}.tsv", config))
-        smooth = DenoisedSmoothing(denoiser, classifiers[0], sigma, batch_size, acceleration=acceleration)
+
+        def make(acc: Acceleration, sigma=sigma, first=classifiers[0]) -> DenoisedSmoothing:
+            return DenoisedSmoothing(denoiser, first, sigma, batch_size, acceleration=acc)
+
+        smooth = make(acceleration)
+        if any(auto):  # the runs share draws, so one choice for all: the first file's when resuming
+            first_out, first_config = outs[0]
+            done = len(first_out.read_text().splitlines()) - 1 if first_out.is_file() else 0
+            smooth, chosen = choose_engine(make, first_config, started_acceleration(first_out),
+                                           len(first_config.indices(len(test))) - max(done, 0), *auto)
+            extra = {k: chosen.notes[k] for k in ("precision_auto", "compile_auto") if k in chosen.notes}
+            outs = [(out, replace(config, acceleration=chosen.acceleration, notes={**config.notes, **extra}))
+                    for out, config in outs]
         certify_classifiers(smooth, classifiers, test, outs)
 
 
@@ -230,11 +245,14 @@ def results_folder(n: int, adaptive: AdaptiveSettings | None) -> Path:
 
 
 def run_all(stage: str = "all", steps: int | None = None, max_images: int = 500, n: int = 1000, threads: int = 0,
-            precision: str = "fp32", compile: bool = False, sigmas=SIGMAS, methods=METHODS,
+            precision: str = "auto", compile: str = "auto", sigmas=SIGMAS, methods=METHODS,
             runs: Path = Path("runs/finetune"), adaptive: bool = False) -> str:
     """Every stage, one σ at a time (its results are complete before the next σ starts);
-    `precision`/`compile` speed up certification (and `compile` fine-tuning). `adaptive` certifies with
-    adaptive CERTIFY, the report's radii as the radii of interest (for N beyond 1000, where its cap cuts them)."""
+    `precision`/`compile` (auto, or a precision / on, off) speed up certification (`compile` on also fine-tuning).
+    `adaptive` certifies with adaptive CERTIFY, the report's radii as the radii of interest (for N beyond 1000,
+    where its cap cuts them)."""
+    auto = (precision == "auto", compile == "auto")
+    fixed = Acceleration("fp32" if auto[0] else precision, compile=compile == "on")
     if threads:
         torch.set_num_threads(threads)
     if stage == "diagnose":
@@ -243,9 +261,9 @@ def run_all(stage: str = "all", steps: int | None = None, max_images: int = 500,
         run_hallucination(sigmas)
     for sigma in sigmas:
         if stage in ("all", "finetune"):
-            run_finetuning(methods, (sigma,), steps=steps, runs=runs, compile=compile)
+            run_finetuning(methods, (sigma,), steps=steps, runs=runs, compile=compile == "on")
         if stage in ("all", "certify"):
-            run_certification(methods, (sigma,), max_images=max_images, n=n,
-                              acceleration=Acceleration(precision, compile=compile),
-                              adaptive=AdaptiveSettings(default_tolerance(sigma), RADII) if adaptive else None)
+            run_certification(methods, (sigma,), max_images=max_images, n=n, acceleration=fixed,
+                              adaptive=AdaptiveSettings(default_tolerance(sigma), RADII) if adaptive else None,
+                              auto=auto)
     return write_report()

@@ -109,6 +109,9 @@ def test_certify_auto_precision_is_measured_recorded_in_the_sidecar_and_kept_on_
     chosen = sidecar["acceleration"]["precision"]
     assert chosen in ("fp32", "bf16") and sidecar["precision_auto"]["precision"] == chosen
     assert set(sidecar["precision_auto"]["seconds_per_call"]) == {"fp32", "bf16"}
+    # --compile auto (the default): one image at N=20 cannot pay back a compile, and the sidecar says why.
+    assert sidecar["acceleration"]["compile"] is False and sidecar["compile_auto"]["compile"] is False
+    assert sidecar["compile_auto"]["eager_job_s"] < sidecar["compile_auto"]["compile_cost_s"]
     (record,) = json.loads((tmp_path / "cache" / "cadis" / "precision.json").read_text()).values()
     assert record["precision"] == chosen and record["machine"] == sidecar["precision_auto"]["machine"]
 
@@ -119,6 +122,7 @@ def test_certify_auto_precision_is_measured_recorded_in_the_sidecar_and_kept_on_
     assert main([*argv, "--max", "2"]) == 0
     resumed = json.loads((tmp_path / "auto.tsv.json").read_text())
     assert resumed["acceleration"]["precision"] == chosen and resumed["precision_auto"] == sidecar["precision_auto"]
+    assert resumed["compile_auto"] == sidecar["compile_auto"]  # the first run's record stays with the file
     assert len((tmp_path / "auto.tsv").read_text().splitlines()) == 3
 
     # A new file follows the cache.

@@ -24,11 +24,17 @@ def test_pipeline_runs_resumes_and_reports(tmp_path, monkeypatch):
     results.run_finetuning(methods, sigmas, steps=2, runs=tmp_path / "runs")
     adapter = tmp_path / "finetuned" / "ft-cadis-s0.25"
     assert (adapter / "cadis_adapter.json").exists() and (adapter / "metrics.csv").exists()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # auto's timings: measured here, not reused
     for _ in range(2):  # the second pass finds everything done and changes nothing
-        results.run_certification(methods, sigmas, max_images=3, n0=10, n=50, batch_size=60)
+        results.run_certification(methods, sigmas, max_images=3, n0=10, n=50, batch_size=60, auto=(True, True))
         files = sorted((tmp_path / "results").glob("*.tsv"))
         assert [f.name for f in files] == ["ft-cadis_s0.25.tsv", "none_s0.25.tsv"]
         assert all(len(f.read_text().splitlines()) == 4 for f in files)
+    # One engine for runs on shared draws, chosen by auto and named in each sidecar: a tiny job never compiles.
+    sides = [json.loads(f.with_name(f.name + ".json").read_text()) for f in files]
+    assert sides[0]["acceleration"] == sides[1]["acceleration"] and sides[0]["acceleration"]["compile"] is False
+    assert all(s["precision_auto"]["precision"] == s["acceleration"]["precision"] for s in sides)
+    assert all(s["compile_auto"]["compile"] is False and not s["compile_auto"]["measured"] for s in sides)
     detector = results.run_hallucination((0.25,), images=3, draws=4, multistep_images=0)
     assert detector["classifier"].tolist() == ["none", "ft-cadis"]  # every classifier shipped at that σ
     assert (detector["draws"] == 12).all() and detector["hallucination rate"].between(0, 1).all()

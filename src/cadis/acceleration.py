@@ -44,7 +44,11 @@ class Acceleration:
         if self.channels_last:
             for m in modules:
                 m.to(memory_format=torch.channels_last)
-        return torch.compile(fn, dynamic=False) if self.compile else fn
+        if not self.compile:
+            return fn
+        # inductor's own cache does not key on the CPU's instruction set: keep cadis' graphs per machine kind.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
+        return torch.compile(fn, dynamic=False)
 
     def describe(self) -> dict:
         return {"precision": self.precision, "channels_last": self.channels_last, "compile": self.compile}
@@ -110,8 +114,66 @@ def machine() -> dict[str, str]:
     return info
 
 
+def _cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cadis"
+
+
 def _cache_path() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cadis" / "precision.json"
+    return _cache_root() / "precision.json"
+
+
+def compile_cache_dir() -> Path:
+    """Where torch.compile keeps cadis' compiled graphs: one folder per machine kind (CPU model and vector
+    extensions, the instruction set ATen and oneDNN are limited to, torch). inductor's cache does not key on the
+    instruction set: graphs built under AVX2 gave NaN logits under AVX-512, and the reverse corrupted the heap."""
+    import hashlib
+    import json
+
+    kind = {**machine(), "aten": torch.backends.cpu.get_cpu_capability(),
+            "onednn": os.environ.get("ONEDNN_MAX_CPU_ISA", "")}
+    return _cache_root() / "inductor" / hashlib.sha256(json.dumps(kind, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_record(slot: str, cache: Path | None = None) -> dict | None:
+    """The record cached for `slot` (a machine and model key) in ~/.cache/cadis, or None."""
+    import json
+
+    try:
+        known = json.loads((cache or _cache_path()).read_text())
+    except (OSError, ValueError):  # missing or unreadable: measured again
+        return None
+    return known.get(slot) if isinstance(known, dict) and isinstance(known.get(slot), dict) else None
+
+
+def store_record(slot: str, record: dict, cache: Path | None = None) -> None:
+    """Cache `record` for `slot`, keeping the latest CACHED_CHOICES; a read-only home only costs a re-measurement."""
+    import json
+
+    from cadis.files import write_atomic
+
+    cache = cache or _cache_path()
+    try:
+        known = json.loads(cache.read_text()) if cache.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    known.pop(slot, None)
+    known[slot] = record
+    for old in list(known)[:-CACHED_CHOICES]:  # the oldest go: model paths of temporary runs accumulate
+        del known[old]
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cache, json.dumps(known, indent=2))
+    except (OSError, CadisError):
+        pass
+
+
+def machine_slot(key: str) -> str:
+    """A cache slot for `key` on this machine kind."""
+    import json
+
+    return json.dumps(machine(), sort_keys=True) + "|" + key
 
 
 def measured_precision(forward: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, key: str,
@@ -120,22 +182,13 @@ def measured_precision(forward: Callable[[torch.Tensor], torch.Tensor], example:
     """The candidate precision `forward` runs fastest at on this machine (median of `repeats` timed calls on
     `example` after a warm-up), measured once per machine and `key` (the model and batch) and cached in
     ~/.cache/cadis/precision.json. Returns it and the record: the machine, each candidate's seconds per call."""
-    import json
     import time
 
-    from cadis.files import write_atomic
-
-    cache = cache or _cache_path()
     here = machine()
-    slot = json.dumps(here, sort_keys=True) + "|" + key
-    try:
-        known = json.loads(cache.read_text()) if cache.is_file() else {}
-    except (OSError, ValueError):  # an unreadable cache is measured again
-        known = {}
-    if not isinstance(known, dict):
-        known = {}
-    if isinstance(known.get(slot), dict) and known[slot].get("precision") in candidates:
-        return known[slot]["precision"], known[slot]
+    slot = machine_slot(key)
+    known = cached_record(slot, cache)
+    if known is not None and known.get("precision") in candidates:
+        return known["precision"], known
     seconds = {}
     with torch.inference_mode():
         for name in candidates:
@@ -154,14 +207,7 @@ def measured_precision(forward: Callable[[torch.Tensor], torch.Tensor], example:
     best = min(seconds, key=seconds.get)
     record = {"precision": best, "seconds_per_call": seconds, "machine": here, "key": key,
               "batch": int(example.shape[0])}
-    known[slot] = record
-    for old in list(known)[:-CACHED_CHOICES]:  # the oldest go: model paths of temporary runs accumulate
-        del known[old]
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(cache, json.dumps(known, indent=2))
-    except (OSError, CadisError):  # a read-only home: measured again next time, nothing else lost
-        pass
+    store_record(slot, record, cache)
     return best, record
 
 

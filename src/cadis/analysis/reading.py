@@ -23,7 +23,9 @@ from cadis.certification.output import find_sidecar, read_sidecar, sidecar_path
 from cadis.certification.parameters import MAX_DRAWS, parameter_problem
 from cadis.errors import CadisError, quote
 
-_SHARD_KEYS = {"shard", "versions", "created"}
+# Sidecar keys that may differ between the shards of one run: where and when each ran, and each process' own
+# timings behind `auto` (the choice itself is in "acceleration", which must agree).
+_SHARD_KEYS = {"shard", "versions", "created", "precision_auto", "compile_auto"}
 REQUIRED = ("idx", "label", "predict", "radius")
 # Columns that must hold numbers (where present): whole numbers, and finite reals.
 _INTEGER_COLUMNS = ("idx", "label", "predict", "count_a", "n")

@@ -29,6 +29,15 @@ def bucket(size: int, batch_size: int, buckets: int = SHAPE_BUCKETS) -> int:
     return min(batch_size, -(-size // step) * step)
 
 
+def check_finite(logits: torch.Tensor, acceleration: Acceleration) -> None:
+    """Refuse NaN or infinite logits: every argmax of NaN is class 0, which would count as a unanimous vote."""
+    if not bool(torch.isfinite(logits).all()):
+        raise CadisError(f"The classifier returned NaN or infinite logits ({acceleration.precision}"
+                         f"{', compiled' if acceleration.compile else ''}), so no vote can be counted. Certify again "
+                         "with --precision fp32 and --compile off; if compiled graphs were copied from another "
+                         "machine, delete the compiled-graph cache (cadis.acceleration.compile_cache_dir()).")
+
+
 def lower_confidence_bound(k: int, n: int, alpha: float) -> float:
     """One-sided (1 - α) Clopper-Pearson lower bound on p from k successes in n trials:
     the α quantile of Beta(k, n - k + 1)."""
@@ -136,6 +145,7 @@ class Smooth:
         with torch.inference_mode(), self.acceleration.autocast(x.device):
             for batch in self.noisy_batches(x, num, generator):
                 for k, logits in enumerate(self.logits(self.padded(batch), generator, heads)):
+                    check_finite(logits, self.acceleration)
                     counts[k] += torch.bincount(logits[:len(batch)].argmax(1), minlength=self.num_classes)
                 if progress is not None:
                     progress(len(batch))

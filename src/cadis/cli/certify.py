@@ -56,7 +56,10 @@ def _acceleration_args(p: argparse.ArgumentParser) -> None:
                    help="autocast precision of the models (auto: bf16 on GPUs; on a CPU, fp32 or bf16, whichever "
                    "this machine runs these models faster, timed once and cached in ~/.cache/cadis; a resumed run "
                    "keeps the precision its file was started with)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the denoiser and classifier (cached)")
+    p.add_argument("--compile", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+                   help="torch.compile the denoiser and classifier (graphs cached per machine kind). auto: only when "
+                   "it pays back within the job (the compile cost and saving measured once per machine and model, "
+                   "cached in ~/.cache/cadis); a resumed run keeps its file's choice. --compile alone means on")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
 
 
@@ -64,7 +67,7 @@ def _acceleration(args: argparse.Namespace):
     from cadis.acceleration import Acceleration, default_acceleration
 
     precision = default_acceleration(args.device).precision if args.precision == "auto" else args.precision
-    return Acceleration(precision, args.channels_last, args.compile)
+    return Acceleration(precision, args.channels_last, args.compile == "on")
 
 
 def _cuda() -> bool:
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from cadis.certification.adaptive import AdaptiveSettings, default_tolerance
+    from cadis.certification.engine_choice import choose_engine, started_acceleration
     from cadis.certification.runner import CertifyConfig, certify_dataset, check_output, merge_shards, shard_path
     from cadis.certification.smoothing import DenoisedSmoothing
     from cadis.cli import checks
@@ -123,12 +127,17 @@ def run(args: argparse.Namespace) -> None:
     classifier = load_classifier(classifier_spec, args.device, SEARCH_ROOTS)
     kwargs = {"steps": args.steps, "sampler": args.sampler} if args.mode == "multistep" else {}
     smooth = DenoisedSmoothing(denoiser, classifier, sigma, config.batch_size, args.mode, acceleration, **kwargs)
+    x = torch.zeros(smooth.denoiser.image_shape, device=args.device)  # a dataset's images are fitted later
     if batch_size is None:
-        x = torch.zeros(smooth.denoiser.image_shape, device=args.device)  # a dataset's images are fitted later
         config = replace(config, batch_size=_fit_batch_size(smooth, x))
         smooth.batch_size = config.batch_size
-    if args.precision == "auto":
-        config = _measured(smooth, config, out, args.fresh)
+    if "auto" in (args.precision, args.compile):
+        def make(acc):
+            return DenoisedSmoothing(denoiser, classifier, sigma, config.batch_size, args.mode, acc, **kwargs)
+
+        started = None if args.fresh else started_acceleration(out)
+        smooth, config = choose_engine(make, config, started, len(config.indices(len(dataset))) - _rows(out),
+                                       args.precision == "auto", args.compile == "auto")
     certify_dataset(smooth, dataset, out, config, args.fresh)
     if world > 1:
         with process_group(cpu_only=True):  # only to wait for every shard before merging
@@ -138,31 +147,12 @@ def run(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
-def _measured(smooth, config, out, fresh: bool):
-    """--precision auto: the precision its file was started with when resuming, else `auto_precision`'s (on a CPU the
-    one this machine runs these models fastest at, timed once and cached); the sidecar records why."""
-    from dataclasses import replace
-
-    from cadis.acceleration import auto_precision
-    from cadis.certification.output import find_sidecar, read_sidecar
-    from cadis.errors import CadisError
-
-    started, side = None, None if fresh else find_sidecar(out)
-    if side is not None:
-        try:
-            started = (read_sidecar(side, out, "").get("acceleration") or {}).get("precision")
-        except (CadisError, AttributeError):
-            started = None  # the runner explains an unreadable sidecar
-    if started in ("fp32", "bf16"):
-        precision, record = started, {"resumed": True}
-    else:
-        key = f"{config.denoiser}|{config.classifier}|{config.mode}|sigma={config.sigma:g}"
-        precision, record = auto_precision(smooth.classify_noisy, smooth.denoiser.image_shape, config.sigma, key,
-                                           smooth.denoiser.device, min(config.batch_size, 64))
-    acceleration = replace(config.acceleration, precision=precision)
-    smooth.acceleration = acceleration
-    notes = {**config.notes, "precision_auto": {"precision": precision, **record}}
-    return replace(config, acceleration=acceleration, notes=notes)
+def _rows(out) -> int:
+    """Rows already in a result file (0 for a new one): what a resumed job no longer certifies."""
+    try:
+        return max(0, len(out.read_text().splitlines()) - 1)
+    except (OSError, UnicodeDecodeError):
+        return 0
 
 
 def _fit_batch_size(smooth, x, start: int = 4096) -> int:
