@@ -205,15 +205,15 @@ def test_the_classroom_path(page, server):
     page.get_by_text("FT-CADIS fine-tuning").first.wait_for()
     settle(page)
     expect(page.get_by_text("Estimated time:")).to_have_count(1)
-    fill(page, [("Steps", "6"), ("Batch size", "4"), ("Subset (images, 0 = all)", "16"),
-                ("Evaluate every (steps, 0 = at the end)", "3"), ("Test images per evaluation", "16")])
+    fill(page, [("Steps", "12"), ("Batch size", "4"), ("Subset (images, 0 = all)", "16"),
+                ("Evaluate every (steps, 0 = at the end)", "6"), ("Test images per evaluation", "16")])
     page.get_by_role("button", name="Start").click()
-    page.get_by_text(re.compile(r"step \d+ / 6")).first.wait_for()  # warming up, queued, running or done
+    page.get_by_text(re.compile(r"step \d+ / 12")).first.wait_for()  # warming up, queued, running or done
     progress, deadline = set(), time.time() + 240
-    while not page.get_by_text("done: step 6 / 6").count() and time.time() < deadline:
-        progress.update(re.findall(r"(?:queued|running|warming up)[^\n]*?step \d+ / 6", page.inner_text("body")))
+    while not page.get_by_text("done: step 12 / 12").count() and time.time() < deadline:
+        progress.update(re.findall(r"(?:queued|running|warming up)[^\n]*?step \d+ / 12", page.inner_text("body")))
         page.wait_for_timeout(200)
-    page.get_by_text("done: step 6 / 6").wait_for()  # no click after Start: the page polled its way here
+    page.get_by_text("done: step 12 / 12").wait_for()  # no click after Start: the page polled its way here
     assert len(progress) >= 2, f"the curves did not update while the run went: {progress}"
     settle(page)
     screenshots(page, "finetuning-quick-demo")

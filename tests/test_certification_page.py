@@ -200,6 +200,11 @@ def test_uploads_are_told_which_classes_the_model_knows(classes):
     at = page_at()
     at.radio(key="cert_how").set_value("Upload").run()
     assert note in [i.value for i in at.info]
+    from streamlit.testing.v1 import AppTest
+
+    hal = AppTest.from_file(str(Path(PAGE).with_name("hallucinations.py")), default_timeout=120).run()
+    hal.radio(key="hal_how").set_value("Upload").run()  # the same words beside every uploader, before any upload
+    assert note in [i.value for i in hal.info] and not hal.exception
     req = Request(UPLOAD, "your upload x.png", 0.25, 1000, 0.001, path="x.png", file_name="x.png")
     cert = Certificate(prediction=3, radius=0.2, count_a=800, n=1000, p_a_lower=0.77)
     text = verdict_markdown(result_details(req, cert, classes, 100, get_preset("fashion-mnist")))

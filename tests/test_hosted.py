@@ -297,9 +297,25 @@ def test_tokens_are_recognised_only_when_the_server_issued_them(hosted_env, monk
         new = recognise(params, {})
         assert new != first and params[PARAM] not in (forged, token)  # a new visitor; nothing else told
     hosting.visitor_dir(first).mkdir(parents=True)  # after a restart the folder vouches for the token
-    monkeypatch.setattr("apps.ui.visitor._issued", set())
+    monkeypatch.setattr("apps.ui.visitor._issued", {})
     assert recognise({PARAM: token}, {}) == first
     assert state[TOKEN_KEY] == token
+
+
+def test_issued_tokens_are_forgotten_after_a_day_and_beyond_a_bound(hosted_env, monkeypatch):
+    from apps.ui import visitor
+
+    monkeypatch.setattr(visitor, "_issued", {})
+    monkeypatch.setattr(visitor, "MAX_ISSUED", 3)
+    clock = [1000.0]
+    monkeypatch.setattr(visitor.time, "time", lambda: clock[0])
+    old = visitor.new_token()
+    assert visitor.known(old)
+    clock[0] += hosting.VISITOR_TTL_S + 1  # a day later, with no folder: forgotten at the next first visit
+    tokens = [visitor.new_token() for _ in range(4)]
+    assert not visitor.known(old)
+    assert len(visitor._issued) == 3 and not visitor.known(tokens[0])  # the bound drops the oldest
+    assert all(visitor.known(t) for t in tokens[1:])
 
 
 def test_a_visitor_who_reloads_sees_and_stops_their_run_and_cannot_start_a_second(hosted_env, queue, monkeypatch):

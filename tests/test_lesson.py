@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from apps.ui import payoff
+from apps.ui.headline import default_sigma, headline_files, headline_radius, headline_sentence, load_runs
 from apps.ui.story import detector_words, load_story, sentences
 
 from conftest import model_env, settle
@@ -242,4 +243,12 @@ def test_the_story_walk_in_a_browser(server):
         assert re.search(r"alone votes for the true class on \d+ of 800 raw noisy draws; behind the denoiser, on "
                          r"\d+ of the same 800", body)
         assert page.locator('[data-testid="stPlotlyChart"]').count() == 4
+        # Last stop: Certification's headline, the same sentence computed from the shipped files.
+        files = headline_files(RESULTS)
+        expected = headline_sentence(load_runs(files[default_sigma(list(files))]),
+                                     headline_radius(default_sigma(list(files))))
+        page.locator('[data-testid="stSidebarNav"] a', has_text="Certification").click()
+        page.get_by_text("What the shipped results say").wait_for()
+        settle(page)
+        assert expected.replace("**", "") in page.inner_text("body")
         browser.close()

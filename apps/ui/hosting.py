@@ -20,12 +20,12 @@ import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from apps.ui.hosted_mode import HOSTED_ENV, hosted  # noqa: F401 (re-exported: pages import it from here)
 from apps.ui.models import finetuned_info, finetuned_models, runs_dir
 from cadis.errors import CadisError
 from cadis.models.loading import parse_spec
 from cadis.models.presets import FINETUNED, MODELS, PRESETS
 
-HOSTED_ENV = "CADIS_HOSTED"
 VISITOR_TTL_S = 24 * 3600  # a visitor's folder is deleted this long after its newest file changed
 VISITOR_ID = re.compile(r"[0-9a-f]{8,32}")
 REPOSITORY = Path(__file__).resolve().parents[2]  # the apps run from a checkout, beside the benchmark's results
@@ -63,13 +63,6 @@ NAMES = {"n": "N", "images": "the number of images", "draws": "the number of dra
 # What a cap counts, in the words shown next to its input ("at most 300 steps on this shared server").
 UNITS = {"n": "draws", "images": "images", "draws": "draws per image", "steps": "steps", "batch": "images per batch",
          "subset": "training images", "eval_size": "test images per evaluation"}
-
-
-def hosted() -> bool:
-    """Whether this server is shared by visitors: $CADIS_HOSTED is 1, true, yes or on, or it is unset on a Hugging
-    Face Space (which sets $SPACE_ID)."""
-    flag = os.environ.get(HOSTED_ENV, "").strip().lower()
-    return flag in {"1", "true", "yes", "on"} or (flag == "" and bool(os.environ.get("SPACE_ID")))
 
 
 def limits() -> Limits:

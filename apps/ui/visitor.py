@@ -13,18 +13,23 @@ import hashlib
 import re
 import secrets
 import threading
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
-from apps.ui.hosting import hosted, prune_visitors, visitor_dir
+from apps.ui.hosting import VISITOR_TTL_S, hosted, prune_visitors, visitor_dir
 
 PARAM = "visit"  # the query parameter that holds the token
 TOKEN_KEY = "visitor_token"  # the session's token (the URL loses its parameters when the visitor switches pages)
 VISITOR_KEY = "visitor"  # the id the pages use (apps.views._common.visitor)
 TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")  # token_urlsafe(24): 24 random bytes in 32 characters
 
-_issued: set[str] = set()  # the ids of the tokens this process handed out (a queued job may not have a folder yet)
+# The ids of the tokens this process handed out, and when (a queued job may not have a folder yet). They are
+# forgotten as visitor folders are: a day after issue (a visitor with a folder is still known by it), and the
+# oldest beyond MAX_ISSUED, so a stream of first visits cannot grow the server's memory without bound.
+_issued: dict[str, float] = {}
 _lock = threading.Lock()
+MAX_ISSUED = 100_000
 
 
 def visitor_id(token: str) -> str:
@@ -37,8 +42,13 @@ def new_token() -> str:
     if hosted():
         prune_visitors()
     token = secrets.token_urlsafe(24)
+    now = time.time()
     with _lock:
-        _issued.add(visitor_id(token))
+        for vid in [v for v, at in _issued.items() if now - at > VISITOR_TTL_S]:
+            del _issued[vid]
+        for vid in list(_issued)[:max(0, len(_issued) + 1 - MAX_ISSUED)]:  # insertion order: the oldest first
+            del _issued[vid]
+        _issued[visitor_id(token)] = now
     return token
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
+from apps.ui.certification import known_classes_note
 from apps.ui.hosting import allowed_models, hide_paths, hosted, limits, new_visitor
 from apps.ui.models import ModelBundle, load_bundle, model_source
 from apps.ui.uploads import IMAGE_TYPES, admit_uploads, pick_indices
@@ -205,6 +206,7 @@ def _uploads(b: ModelBundle, key: str, most: int) -> list[Image] | None:
                              help=f"Any size or colour mode up to {mb} MB / 4096 px: converted to the model's "
                                   f"{'grayscale' if b.input_shape[0] == 1 else 'RGB'} "
                                   f"{b.input_shape[1]}×{b.input_shape[2]} input.")
+    st.info(known_classes_note(b.classes, b.preset.dataset), icon=":material/info:")  # before the first upload
     c1, c2 = st.columns(2)
     invert = c1.radio("Invert colours", ["auto", "no", "yes"], horizontal=True, key=f"{key}_invert",
                       help="auto inverts grayscale uploads with a bright border: Fashion-MNIST objects are "

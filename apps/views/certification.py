@@ -6,6 +6,7 @@ together with the off-the-shelf one on the same draws, so the `none` baseline is
 """
 
 import time
+from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
@@ -22,7 +23,6 @@ from apps.ui.certification import (
     default_pair,
     default_runs,
     is_pairable,
-    known_classes_note,
     load_results,
     radius_cap,
     result_files,
@@ -69,6 +69,23 @@ from cadis.errors import CadisError
 st.title("Certified radii")
 st.markdown("A **certified radius** says how far an image may be changed (in ℓ2 distance) before the vote of its "
             "noisy copies could change. " + MEANING)
+
+
+
+def _stamp(path: Path) -> tuple[float, int]:
+    try:
+        st_ = path.stat()
+        return st_.st_mtime, st_.st_size
+    except OSError:  # gone since it was listed: read_results says so
+        return 0.0, 0
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _load_results(stamps: tuple) -> tuple:
+    """`load_results`, read again only when a file is added, removed or changed (its mtime and size key the cache):
+    the shipped files are many and the same on every rerun."""
+    return load_results([Path(p) for p, *_ in stamps])
+
 
 b = bundle()
 hosted_note()
@@ -153,9 +170,6 @@ if chosen_clf != OFF_THE_SHELF:
     st.caption(f"fine-tuned: **{chosen_clf}** — {info['kind']}{base}; method {info['method'] or '?'}, trained at "
                f"σ = {info['σ'] or '?'}.")
 images = image_picker(b, "cert", default_count=4)
-
-if st.session_state.get("cert_how") == "Upload":
-    st.info(known_classes_note(b.classes, b.preset.dataset))
 
 c1, c2, c3, c4, c5 = st.columns(5)
 sigma = c1.number_input(WORDS["sigma"][0], value=float(b.preset.sigma), step=0.05, format="%.3f", key="cert_sigma",
@@ -251,7 +265,7 @@ if rows:
 if everything:  # today's full dashboard, for researchers
     st.header("Certified accuracy vs radius: every run")
     files = result_files(result_roots(visitor()))
-    shipped, problems = load_results(files)
+    shipped, problems = _load_results(tuple((str(f), *_stamp(f)) for f in files))
     methods = {f"fine-tuned: {k}": finetuned_info(p)["method"] for k, p in choices.items()}
     session = session_results(st.session_state.get("cert_history", []), methods)
     runs = {**session, **shipped}
