@@ -209,3 +209,15 @@ def test_uploads_are_told_which_classes_the_model_knows(classes):
     cert = Certificate(prediction=3, radius=0.2, count_a=800, n=1000, p_a_lower=0.77)
     text = verdict_markdown(result_details(req, cert, classes, 100, get_preset("fashion-mnist")))
     assert note in text and "(true class not given)" in text
+
+
+def test_two_runs_of_one_classifier_at_one_sigma_get_different_lines():
+    import plotly.graph_objects as go
+
+    from apps.ui.style import colour_of, paint
+
+    names = ["none σ=0.25", "none σ=0.25 N=10000 adaptive", "ft-cadis σ=0.25"]
+    fig = paint(go.Figure([go.Scatter(x=[0, 1], y=[1, 0], name=n) for n in names]))
+    styles = [(t.line.color, t.line.dash or "solid") for t in fig.data]
+    assert styles[0][0] == styles[1][0] == colour_of("none σ=0.25")  # one classifier, one colour
+    assert len(set(styles)) == 3  # but no two curves drawn alike

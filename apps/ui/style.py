@@ -69,6 +69,7 @@ def paint(fig, name_of=lambda trace: trace.name):
     state several noise levels, a dash per σ; returns the figure."""
     skip = {None, "", "chance", "best-σ envelope"}
     sigmas = sorted({s for t in fig.data if name_of(t) not in skip and (s := sigma_of(name_of(t))) is not None})
+    taken: set[tuple[str, str]] = set()
     for trace in fig.data:
         name = name_of(trace)
         if name in skip:
@@ -76,8 +77,13 @@ def paint(fig, name_of=lambda trace: trace.name):
         colour = colour_of(name)
         if getattr(trace, "line", None) is not None:
             trace.line.color = colour
-            if len(sigmas) > 1:
-                trace.line.dash = sigma_dash(sigma_of(name), sigmas)
+            dash = sigma_dash(sigma_of(name), sigmas) if len(sigmas) > 1 else "solid"
+            # Two runs of one classifier at one σ (another N, adaptive, a seed): the later one takes a free dash.
+            free = [d for d in [dash, *SIGMA_DASH] if (colour, d) not in taken]
+            dash = free[0] if free else dash
+            taken.add((colour, dash))
+            if len(sigmas) > 1 or dash != "solid":
+                trace.line.dash = dash
         if getattr(trace, "marker", None) is not None:
             trace.marker.color = colour
     return fig

@@ -124,7 +124,8 @@ if three:
         for trace in fig.data:  # fixed colours: the same three wherever these runs appear
             trace.line.color = COLOURS[trace.name]
         fig.add_vline(x=r_view, line_dash="dot", line_color="grey", annotation_text=f"radius {r_view:g} = σ")
-        fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), legend_title="classifier")
+        fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), legend_title="classifier",
+                          margin=dict(t=30))  # no title: no empty band above the curves
         st.plotly_chart(fig, key="cert_three")
     st.markdown(paired_sentence(three["ft-cadis.authors-lora"], three["none"], r_view,
                                 shared_draws(three["ft-cadis.authors-lora"], three["none"])))
@@ -238,9 +239,10 @@ if rows:
         st.warning("**Certified, but wrong:** " + "; ".join(
             f"{r['image']} ({r['classifier']}) is certified as {r['prediction']}, but the true class is "
             f"{r['true class']}" for r in wrong) + ".", icon=":material/warning:")
-    st.dataframe(table.drop(columns=["label", "predict", "idx", "seed"]), hide_index=True, key="cert_table",
-                 column_config={"classifier": st.column_config.TextColumn(width="large"),
-                                "certificate": st.column_config.TextColumn(width="large")})
+    shown = table.drop(columns=["label", "predict", "idx", "seed"])
+    lead = ["image", "true class", "prediction", "radius", "certificate", "classifier"]  # what a phone shows first
+    st.dataframe(shown[lead + [c for c in shown.columns if c not in lead]], hide_index=True, key="cert_table",
+                 column_config={"certificate": st.column_config.TextColumn(width="large")})
     main = [r for r in rows if r["classifier"] == first["classifier"]]
     st.image([to_uint8(r["_image"], 3) for r in main],
              caption=[f"{r['image']} {r['true class']} → {r['prediction']}, R = {r['radius']:.3f}"

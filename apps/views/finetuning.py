@@ -39,9 +39,15 @@ from cadis.errors import CadisError
 from cadis.training.finetune import FinetuneConfig
 
 st.title("FT-CADIS fine-tuning")
-st.caption("FT-CADIS trains the classifier on denoised draws it still classifies correctly (L_SCE) and makes it "
-           "consistent within an ε-ball around them (λ·L_MAdv, only for images whose draws are all correct). "
-           "The denoiser stays frozen.")
+st.markdown("FT-CADIS fine-tunes the classifier on denoised noisy copies of training images. It learns only from "
+            "the copies it still gets right (the hallucinated ones are left out), and it makes its answers on "
+            "those copies agree with each other, even when a copy is nudged a little, for images whose copies "
+            "are all right. A more consistent vote certifies larger radii. The denoiser stays as it is.")
+with st.expander("The objective, in the paper's symbols"):
+    st.markdown("Loss = L_SCE + λ·L_MAdv (Jang et al., 2024). L_SCE: cross-entropy on the denoised draws the "
+                "classifier classifies correctly. L_MAdv: the consistency of its predictions within an ε-ball "
+                "(ℓ2, in denoised space) around those draws, found by T steps of an attack, only for images whose "
+                "M draws are all correct. `denoised-ce` is the baseline: cross-entropy on every draw.")
 
 
 if hosted():  # the visitor's token in the URL: a reload finds their run again
