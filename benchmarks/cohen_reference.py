@@ -219,6 +219,13 @@ def main() -> None:
         median = statistics.median(seconds[name])
         print(f"| {name} | {median:.2f} | {args.images / sum(seconds[name]):.2f} | {cohen_median / median:.2f}x | "
               f"{setup[name]:.1f} | {agree(name, names[0])} | {agree(name, 'cadis fp32')} |")
+    for precision in ("fp32", "bf16"):  # what `--compile auto` weighs: the compile's cost against its saving
+        eager, compiled = f"cadis {precision}", f"cadis {precision}+compile"
+        cost = setup[compiled] - statistics.median(seconds[compiled])
+        saving = statistics.median(seconds[eager]) - statistics.median(seconds[compiled])
+        payback = f"pays back after {cost / saving:.0f} images" if saving > 0 else "never pays back (no saving)"
+        print(f"compile, {precision}: {cost:.1f} s once (setup minus an image), saves {saving:.2f} s per image "
+              f"({saving / statistics.median(seconds[eager]):.0%}): {payback} at these settings")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ from cadis.errors import CadisError
 
 ABSTAIN = -1
 SHAPE_BUCKETS = 4  # compiled batch shapes per run: a quarter, a half, three quarters and all of batch_size
+# Draws per forward pass on a CPU: a batch's noise is drawn whole, then run in slices whose activations stay in the
+# caches (fp32 1.25-1.4x faster than slices of 500 for the embedded models, bf16 the same; benchmarks/RESULTS.md).
+CPU_FORWARD_ROWS = 100
 
 
 def bucket(size: int, batch_size: int, buckets: int = SHAPE_BUCKETS) -> int:
@@ -114,6 +117,7 @@ class Smooth:
         self._forward = self.acceleration.prepare(base, modules)
         # Compiled graphs have static shapes: pad short batches to a few buckets rather than recompile per size.
         self.static_shapes = self.acceleration.compile
+        self.cpu_forward_rows: int | None = CPU_FORWARD_ROWS  # None: a whole batch per forward pass
 
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, seed: int = 0,
                 progress: Callable[[int], None] | None = None) -> Certificate:
@@ -144,9 +148,10 @@ class Smooth:
         counts = torch.zeros(1 if heads is None else len(heads), self.num_classes, dtype=torch.long, device=x.device)
         with torch.inference_mode(), self.acceleration.autocast(x.device):
             for batch in self.noisy_batches(x, num, generator):
-                for k, logits in enumerate(self.logits(self.padded(batch), generator, heads)):
-                    check_finite(logits, self.acceleration)
-                    counts[k] += torch.bincount(logits[:len(batch)].argmax(1), minlength=self.num_classes)
+                for part in self.slices(batch):
+                    for k, logits in enumerate(self.logits(self.padded(part), generator, heads)):
+                        check_finite(logits, self.acceleration)
+                        counts[k] += torch.bincount(logits[:len(part)].argmax(1), minlength=self.num_classes)
                 if progress is not None:
                     progress(len(batch))
         counts = counts.cpu().numpy()
@@ -172,10 +177,20 @@ class Smooth:
             batch = torch.randn((b, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
             yield batch.mul_(self.sigma).add_(x)
 
+    def forward_rows(self, device: torch.device) -> int:
+        """Draws per forward pass: `cpu_forward_rows` on a CPU (at most the batch size), the whole batch elsewhere."""
+        if device.type == "cpu" and self.cpu_forward_rows:
+            return min(self.cpu_forward_rows, self.batch_size)
+        return self.batch_size
+
+    def slices(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """A batch of draws as the forward passes that run it (the draws themselves do not change)."""
+        return batch.split(self.forward_rows(batch.device))
+
     def padded(self, batch: torch.Tensor) -> torch.Tensor:
         """`batch`, with static shapes padded up to its `bucket` with copies of its first draw (`sample_counts` drops
         their logits). The generator is not touched, so the real rows are the draws an unpadded run makes."""
-        size = bucket(len(batch), self.batch_size) if self.static_shapes else len(batch)
+        size = bucket(len(batch), self.forward_rows(batch.device)) if self.static_shapes else len(batch)
         if size == len(batch):
             return batch
         return torch.cat([batch, batch[:1].expand(size - len(batch), *batch.shape[1:])])
@@ -196,7 +211,8 @@ class DenoisedSmoothing(Smooth):
         self._prepared_fns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         super().__init__(self.classify_noisy, classifier.num_classes, sigma, batch_size, acceleration,
                          (denoiser, classifier))
-        self.static_shapes &= mode != "multistep"  # padded rows would draw denoising noise from the image's stream
+        if mode == "multistep":  # padded or sliced rows would change what denoising draws from the image's stream
+            self.static_shapes, self.cpu_forward_rows = False, None
         denoiser.timestep(sigma)  # fail now if σ is beyond the scheduler's range
 
     def denoise(self, noisy: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
