@@ -165,6 +165,7 @@ def _certify_votes(out, votes: int, n: int = 10_000, sigma: float = 0.5, alpha: 
 
     data = ImageDataset(torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long), ["a", "b"], "toy")
     smooth = Smooth(_Votes(10, votes), 2, sigma, batch_size=n)
+    smooth.cpu_forward_rows = None  # _Votes decides by call: one forward pass per batch
     cfg = CertifyConfig(denoiser="none", classifier="votes", dataset="toy", sigma=sigma, n0=10, n=n, alpha=alpha,
                         batch_size=n, **config)
     certify_dataset(smooth, data, out, cfg)
