@@ -33,6 +33,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--micro-batch", type=int, default=100)
     p.add_argument("--isa", default="native", choices=["native", "avx2"])
+    p.add_argument("--precision", default="f32", choices=["f32", "bf16"],
+                   help="OpenVINO's inference precision (bf16: another f, as cadis bf16 is)")
     args = p.parse_args()
     if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in CAPS.items()):
         os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], {**os.environ, **CAPS})
@@ -55,7 +57,8 @@ def main() -> None:
     cohen = cohen_smooth()(torch.nn.Module(), classifier.num_classes, args.sigma)
     cohen.base_classifier.forward = engine.classify_noisy  # the same base f, eager fp32
     start = time.perf_counter()
-    fast = openvino_forward(engine.classify_noisy, (denoiser, classifier), test[0][0][None], args.micro_batch)
+    fast = openvino_forward(engine.classify_noisy, (denoiser, classifier), test[0][0][None], args.micro_batch,
+                            precision=args.precision)
     setup = time.perf_counter() - start
     openvino = Smooth(fast, classifier.num_classes, args.sigma, args.batch_size)
 
@@ -66,7 +69,7 @@ def main() -> None:
         cert = (engine if name == "cadis fp32 eager" else openvino).certify(x, args.n0, args.n, args.alpha, seed)
         return cert.prediction, cert.radius
 
-    names = ["Cohen's loop (fp32, eager)", "cadis fp32 eager", f"cadis fp32 OpenVINO@{args.micro_batch}"]
+    names = ["Cohen's loop (fp32, eager)", "cadis fp32 eager", f"cadis {args.precision} OpenVINO@{args.micro_batch}"]
     seconds, certs = {n: [] for n in names}, {n: [] for n in names}
     warm = test[len(test) - 1][0]
     for name in names:

@@ -38,8 +38,8 @@ class _Forward(torch.nn.Module):
 
 
 def openvino_forward(fn: Callable[[torch.Tensor], torch.Tensor], modules: Iterable[torch.nn.Module],
-                     example: torch.Tensor, micro_batch: int = MICRO_BATCH, threads: int | None = None
-                     ) -> Callable[[torch.Tensor], torch.Tensor]:
+                     example: torch.Tensor, micro_batch: int = MICRO_BATCH, threads: int | None = None,
+                     precision: str = "f32") -> Callable[[torch.Tensor], torch.Tensor]:
     """`fn` compiled by OpenVINO for CPU in fp32, run in slices of `micro_batch` rows on `threads` threads
     (default: torch's). `example` is one batch `fn` accepts (its rows' shape and dtype are what is compiled)."""
     try:
@@ -53,7 +53,8 @@ def openvino_forward(fn: Callable[[torch.Tensor], torch.Tensor], modules: Iterab
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants: shapes are
         model = ov.convert_model(_Forward(fn, modules).eval(), example_input=sample.clone())
     model.reshape(list(sample.shape))  # static, as traced
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+    # f32 by default: left alone, OpenVINO picks bf16 where the CPU has it
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
     request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
 
