@@ -109,3 +109,21 @@ def test_padding_leaves_shared_draw_counts_of_real_models_unchanged(tiny_denoise
     assert shapes == [{20, 37, 38, 64, 11, 22}, {32, 48, 64, 16}]  # requests 20, 37, 38, 75, 150 cut at 64
     multistep = DenoisedSmoothing(denoiser, heads[0], 0.5, mode="multistep", acceleration=Acceleration(compile=True))
     assert not multistep.static_shapes and multistep.cpu_forward_rows is None  # its denoiser draws noise per row
+
+
+def test_slices_of_a_real_batch_count_the_same_votes(tiny_denoiser_dir):
+    from conftest import make_tiny_vit
+
+    denoiser = DiffusionDenoiser.from_pretrained(tiny_denoiser_dir)
+    heads = [ImageClassifier(make_tiny_vit().eval(), (1, 28, 28), (0.5,), (0.5,)) for _ in range(2)]
+    heads[1].model.head.weight.data.normal_(generator=torch.Generator().manual_seed(1))
+    x = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(0))
+    runs = []
+    for rows in (None, CPU_FORWARD_ROWS, 7):  # whole batches of 256, the CPU default, an odd slice
+        smooth = DenoisedSmoothing(denoiser, heads[0], 0.5, batch_size=256)
+        smooth.cpu_forward_rows = rows
+        runs.append((smooth.certify(x, 50, 600, 0.001, seed=5),
+                     smooth.certify_classifiers(x, heads, 50, 600, 0.001, seed=5)))
+    for single, shared in runs[1:]:
+        assert single == runs[0][0] and np.array_equal(single.counts, runs[0][0].counts)
+        assert all(a == b and np.array_equal(a.counts, b.counts) for a, b in zip(shared, runs[0][1]))
