@@ -35,6 +35,9 @@ def test_job_shapes_count_full_batches_and_each_remainders_bucket():
     assert job_shapes(100, 100, 500) == 1  # both pad to 125
     assert job_shapes(500, 1000, 500) == 1
     assert job_shapes(100, 10_000, 256, adaptive=True) == 4
+    # A CPU's forward passes of 100: 500-draw batches are 5 passes of 100, so n0=100, N=1000 compile one shape.
+    assert job_shapes(100, 1000, 500, rows=100) == 1
+    assert job_shapes(20, 150, 500, rows=100) == 3  # 20 → 25; 150 → 100 + 50
 
 
 def test_a_short_job_runs_eager_without_measuring_and_says_why(cache):

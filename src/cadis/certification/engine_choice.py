@@ -29,14 +29,15 @@ COLD_COMPILE_S = 120.0  # per batch shape, cold: the slowest measured (bf16 on a
 ASSUMED_SAVING = 0.10  # the smallest share of eager time compiling saved in benchmarks/RESULTS.md (bf16, AVX-512)
 
 
-def job_shapes(n0: int, n: int, batch_size: int, adaptive: bool = False) -> int:
-    """How many batch shapes a job compiles: full batches and each short remainder's bucket (`Smooth.padded`)."""
+def job_shapes(n0: int, n: int, batch_size: int, adaptive: bool = False, rows: int | None = None) -> int:
+    """How many shapes a job compiles: its batches (full ones and each remainder), cut into forward passes of `rows`
+    draws (default: whole batches; `Smooth.forward_rows`), each padded to its bucket (`Smooth.padded`)."""
+    rows = rows or batch_size
     if adaptive:  # any look's remainder: every bucket may come up
         return SHAPE_BUCKETS
-    sizes = {bucket(k % batch_size, batch_size) for k in (n0, n) if k % batch_size}
-    if max(n0, n) >= batch_size:
-        sizes.add(batch_size)
-    return len(sizes)
+    batches = {b for k in (n0, n) for b in ((batch_size,) if k >= batch_size else ()) + (k % batch_size,) if b}
+    passes = {p for b in batches for p in ((rows,) if b >= rows else ()) + (b % rows,) if p}
+    return len({bucket(p, rows) for p in passes})
 
 
 def time_batch(smooth: Smooth, x: torch.Tensor) -> float:
@@ -113,8 +114,9 @@ def choose_engine(make: Callable[[Acceleration], DenoisedSmoothing], config: Cer
         else:
             key = (f"{config.denoiser}|{config.classifier}|{config.mode}|sigma={config.sigma:g}"
                    f"|batch={config.batch_size}")
-            shapes = job_shapes(config.n0, config.n, config.batch_size, config.adaptive is not None)
             x = torch.zeros(smooth.denoiser.image_shape, device=smooth.denoiser.device)
+            shapes = job_shapes(config.n0, config.n, config.batch_size, config.adaptive is not None,
+                                smooth.forward_rows(x.device))
             smooth, record = choose_compile(make, acceleration, x, max(images, 0) * (config.n0 + config.n), shapes,
                                             key)
         notes["compile_auto"] = record
