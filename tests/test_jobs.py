@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apps.ui.jobs import RATE_WINDOW, FinetuneJob, duration
+from apps.ui.jobs import RATE_WINDOW, FinetuneJob, duration, time_left
 from cadis.training.finetune import FinetuneConfig
 
 
@@ -60,3 +60,8 @@ def test_finished_and_queued_jobs():
     j.status = "done"
     assert j.seconds_left() == 0.0
     assert duration(30) == "about 30 s" and duration(600) == "about 10 min" and duration(7200) == "about 2.0 h"
+
+
+def test_time_left_of_a_certification_follows_its_rate_so_far():
+    assert time_left(10.0, 0.25) == pytest.approx(30.0)  # a quarter in 10 s: three quarters in 30 s
+    assert time_left(10.0, 1.0) == 0.0 and time_left(0.0, 0.0) is None

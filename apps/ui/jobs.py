@@ -96,6 +96,11 @@ def estimate_seconds(config, speed: Speed, mask_rate: float = 0.7) -> float:
     return config.steps * per_step + evaluations(config) * per_eval + 2.0
 
 
+def time_left(elapsed: float, share: float) -> float | None:
+    """Seconds left of a task `share` (0-1) done after `elapsed` seconds, at its rate so far; None before any."""
+    return elapsed * (1 - share) / share if share > 0 else None
+
+
 def duration(seconds: float) -> str:
     """'about 40 s', 'about 3 min', 'about 1.2 h'."""
     if seconds < 90:

@@ -42,6 +42,7 @@ from apps.ui.headline import (
     per_class,
 )
 from apps.ui.hosting import SHIPPED_RESULTS, check_limits, hide_paths, limits, result_roots
+from apps.ui.jobs import duration, time_left
 from apps.ui.models import OFF_THE_SHELF, finetuned_info
 from apps.ui.pictures import to_uint8
 from apps.ui.style import VERDICT_COLOURS, colour_map, paint, sigma_of
@@ -203,8 +204,10 @@ if st.button("Certify", type="primary", disabled=images is None, key="cert_run")
         for k, (name, x, label) in enumerate(images):
             def progress(done: int, total: int, k: int = k, name: str = name) -> None:
                 waiting.empty()
-                bar.progress((k + done / total) / len(images),
-                             text=f"image {k + 1}/{len(images)} ({name}): {done}/{total} draws")
+                share = (k + done / total) / len(images)
+                left = time_left(time.time() - started, share)
+                bar.progress(share, text=f"image {k + 1}/{len(images)} ({name}): {done}/{total} draws"
+                             + (f" · {duration(left)} left" if left is not None and left >= 3 else ""))
 
             certs = certify_many(b, x, classifiers, sigma, n0, n, alpha, seed=seed + k, progress=progress,
                                  batch_size=min(b.preset.batch_size, 100),  # finer progress steps
