@@ -46,8 +46,7 @@ class Acceleration:
                 m.to(memory_format=torch.channels_last)
         if not self.compile:
             return fn
-        # inductor's own cache does not key on the CPU's instruction set: keep cadis' graphs per machine kind.
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
+        use_compile_cache()
         return torch.compile(fn, dynamic=False)
 
     def describe(self) -> dict:
@@ -132,6 +131,12 @@ def compile_cache_dir() -> Path:
     kind = {**machine(), "aten": torch.backends.cpu.get_cpu_capability(),
             "onednn": os.environ.get("ONEDNN_MAX_CPU_ISA", "")}
     return _cache_root() / "inductor" / hashlib.sha256(json.dumps(kind, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def use_compile_cache() -> None:
+    """Point torch.compile at `compile_cache_dir()` (unless $TORCHINDUCTOR_CACHE_DIR is set): inductor's own cache
+    does not key on the CPU's instruction set, so cadis keeps its graphs per machine kind. Call before compiling."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
 
 
 def cached_record(slot: str, cache: Path | None = None) -> dict | None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from cadis.acceleration import Acceleration
+from cadis.acceleration import Acceleration, use_compile_cache
 from cadis.data import ImageDataset
 from cadis.distributed import (
     all_reduce_mean,
@@ -217,6 +217,7 @@ def _finetune(cfg: FinetuneConfig, denoiser: torch.nn.Module, classifier: ImageC
     base_weights = weights_digest(classifier)
     clf = prepare_classifier(cfg, classifier).to(device)
     if cfg.compile:
+        use_compile_cache()
         clf.compile()  # in place: parameter names, and so checkpoints and adapters, are unchanged
     model = wrap_distributed(clf, device)
     autocast = Acceleration(cfg.precision).autocast
