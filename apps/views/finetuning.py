@@ -71,10 +71,10 @@ def _queue() -> JobQueue:
     return shared_queue()
 
 
-@st.cache_resource(show_spinner="Timing the models on this machine …", max_entries=3)
+@st.cache_resource(show_spinner="Timing the models on this machine …", max_entries=3, ttl=600)
 def _speed(models: tuple[str, str, str], _b):
-    # Once per process and models; not under the models' lock (a page must not wait for others' jobs): a busy
-    # machine times slower, and the estimate errs long.
+    # Not under the models' lock (a page must not wait for others' jobs): a busy machine times slower and the
+    # estimate errs long, so it is timed again after 10 minutes rather than kept from one busy moment for good.
     return measure_speed(_b.denoiser, _b.classifier, _b.input_shape)
 
 
