@@ -47,18 +47,20 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def reexec(args: argparse.Namespace) -> None:
-    """The ISA limits must be in the environment before torch loads: run the script again with them."""
+def reexec(args: argparse.Namespace, caps: dict[str, str] = AVX2) -> None:
+    """The ISA limits (`caps`) must be in the environment before torch loads: run the calling script again with
+    them (`--isa avx2`), or once per ISA (`--isa both`). Shared by the benchmarks that emulate an AVX2-only CPU."""
+    script = os.path.abspath(sys.argv[0])
     if args.isa == "both":
         for isa in ("native", "avx2"):
-            subprocess.run([sys.executable, __file__, *sys.argv[1:], "--isa", isa], check=True)  # the last --isa wins
+            subprocess.run([sys.executable, script, *sys.argv[1:], "--isa", isa], check=True)  # the last --isa wins
         sys.exit(0)
-    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in AVX2.items()):
+    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in caps.items()):
         # inductor's FX graph cache (torch 2.14) does not key on the ISA: sharing the native cache served native
         # graphs here (NaN logits) and AVX2 graphs to later native runs (heap corruption). It gets its own.
         cache = os.path.join(tempfile.gettempdir(), f"torchinductor_{os.getuid()}_avx2")
-        env = {**os.environ, **AVX2, "TORCHINDUCTOR_CACHE_DIR": cache}
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
+        env = {**os.environ, **caps, "TORCHINDUCTOR_CACHE_DIR": cache}
+        os.execve(sys.executable, [sys.executable, script, *sys.argv[1:]], env)
 
 
 # ---- Cohen et al.'s reference: a copy of `Smooth` from https://github.com/locuslab/smoothing/blob/master/code/core.py

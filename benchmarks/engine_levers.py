@@ -22,7 +22,6 @@ import argparse
 import copy
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,8 +29,10 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-        "OV_CPU_MAX_ISA": "AVX2"}
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from cohen_reference import AVX2, reexec  # noqa: E402  (one way to emulate an AVX2-only CPU)
+
+CAPS = {**AVX2, "OV_CPU_MAX_ISA": "AVX2"}  # and OpenVINO's own kernels
 LEVERS = ["eager", "channels_last", "threads1", "temb_once", "torchscript", "compile", "compile_freeze",
           "compile_freeze_cl", "max_autotune", "onnxruntime", "openvino"]  # any of them @N: in slices of N rows
 
@@ -46,18 +47,6 @@ def parse() -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="profile eager fp32 first")
     p.add_argument("--isa", default="native", choices=["native", "avx2", "both"])
     return p.parse_args()
-
-
-def reexec(args: argparse.Namespace) -> None:
-    """The ISA caps must be in the environment before torch loads: run the script again with them."""
-    if args.isa == "both":
-        for isa in ("native", "avx2"):
-            subprocess.run([sys.executable, __file__, *sys.argv[1:], "--isa", isa], check=True)  # the last wins
-        sys.exit(0)
-    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in AVX2.items()):
-        cache = os.path.join(tempfile.gettempdir(), f"torchinductor_{os.getuid()}_avx2")  # never the native one
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]],
-                  {**os.environ, **AVX2, "TORCHINDUCTOR_CACHE_DIR": cache})
 
 
 KINDS = [("conv", ("conv",)), ("matmul/linear", ("addmm", "mm", "bmm", "linear", "matmul")),  # first match wins
@@ -186,7 +175,7 @@ def openvino_fn(path, threads):
 
 def main() -> None:
     args = parse()
-    reexec(args)
+    reexec(args, CAPS)
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 

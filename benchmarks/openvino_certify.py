@@ -12,15 +12,12 @@ matrix products are not capped: they pick their ISA by CPUID).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-        "OV_CPU_MAX_ISA": "AVX2"}
 
 
 def main() -> None:
@@ -36,11 +33,11 @@ def main() -> None:
     p.add_argument("--precision", default="f32", choices=["f32", "bf16"],
                    help="OpenVINO's inference precision (bf16: another f, as cadis bf16 is)")
     args = p.parse_args()
-    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in CAPS.items()):
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], {**os.environ, **CAPS})
     sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
+    from cohen_reference import AVX2, cohen_smooth, reexec
+
+    reexec(args, {**AVX2, "OV_CPU_MAX_ISA": "AVX2"})  # OpenVINO's own kernels capped too
     import torch
-    from cohen_reference import cohen_smooth
     from openvino_runtime import openvino_forward  # benchmarks/openvino_runtime.py
 
     from cadis.acceleration import describe_machine
