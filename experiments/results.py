@@ -21,6 +21,7 @@ from cadis.analysis.evaluation import selection_rates
 from cadis.analysis.hallucination import class_aurocs, class_rates, detector_summary, draws_frame, score_images
 from cadis.certification.adaptive import AdaptiveSettings, default_tolerance
 from cadis.certification.engine_choice import choose_engine, started_acceleration
+from cadis.certification.output import rows_written
 from cadis.certification.runner import CertifyConfig, certify_classifiers
 from cadis.certification.smoothing import DenoisedSmoothing
 from cadis.data import FASHION_MNIST_CLASSES, ImageDataset
@@ -168,9 +169,8 @@ def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0:
         smooth = make(acceleration)
         if any(auto):  # the runs share draws, so one choice for all: the first file's when resuming
             first_out, first_config = outs[0]
-            done = len(first_out.read_text().splitlines()) - 1 if first_out.is_file() else 0
             smooth, chosen = choose_engine(make, first_config, started_acceleration(first_out),
-                                           len(first_config.indices(len(test))) - max(done, 0), *auto)
+                                           len(first_config.indices(len(test))) - rows_written(first_out), *auto)
             extra = {k: chosen.notes[k] for k in ("precision_auto", "compile_auto") if k in chosen.notes}
             outs = [(out, replace(config, acceleration=chosen.acceleration, notes={**config.notes, **extra}))
                     for out, config in outs]

@@ -136,7 +136,8 @@ def compile_cache_dir() -> Path:
 def use_compile_cache() -> None:
     """Point torch.compile at `compile_cache_dir()` (unless $TORCHINDUCTOR_CACHE_DIR is set): inductor's own cache
     does not key on the CPU's instruction set, so cadis keeps its graphs per machine kind. Call before compiling."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:  # set once per process: reads /proc/cpuinfo only the first time
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache_dir())
 
 
 def cached_record(slot: str, cache: Path | None = None) -> dict | None:

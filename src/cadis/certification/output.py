@@ -128,6 +128,14 @@ def output_problem(out: str | os.PathLike) -> str | None:
     return file_problem(out) or file_problem(sidecar_path(out))
 
 
+def rows_written(out: str | os.PathLike) -> int:
+    """Result rows already in `out` (0 for a missing or unreadable file): what a resumed run no longer certifies."""
+    try:
+        return max(0, len(Path(out).read_text().splitlines()) - 1)
+    except (OSError, UnicodeDecodeError):
+        return 0
+
+
 def check_output(out: Path) -> None:
     """Raise a CadisError for an --out that cannot be a result file (see `output_problem`)."""
     problem = output_problem(out)

@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> None:
 
     from cadis.certification.adaptive import AdaptiveSettings, default_tolerance
     from cadis.certification.engine_choice import choose_engine, started_acceleration
+    from cadis.certification.output import rows_written
     from cadis.certification.runner import CertifyConfig, certify_dataset, check_output, merge_shards, shard_path
     from cadis.certification.smoothing import DenoisedSmoothing
     from cadis.cli import checks
@@ -127,8 +128,8 @@ def run(args: argparse.Namespace) -> None:
     classifier = load_classifier(classifier_spec, args.device, SEARCH_ROOTS)
     kwargs = {"steps": args.steps, "sampler": args.sampler} if args.mode == "multistep" else {}
     smooth = DenoisedSmoothing(denoiser, classifier, sigma, config.batch_size, args.mode, acceleration, **kwargs)
-    x = torch.zeros(smooth.denoiser.image_shape, device=args.device)  # a dataset's images are fitted later
     if batch_size is None:
+        x = torch.zeros(smooth.denoiser.image_shape, device=args.device)  # a dataset's images are fitted later
         config = replace(config, batch_size=_fit_batch_size(smooth, x))
         smooth.batch_size = config.batch_size
     if "auto" in (args.precision, args.compile):
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> None:
             return DenoisedSmoothing(denoiser, classifier, sigma, config.batch_size, args.mode, acc, **kwargs)
 
         started = None if args.fresh else started_acceleration(out)
-        smooth, config = choose_engine(make, config, started, len(config.indices(len(dataset))) - _rows(out),
+        smooth, config = choose_engine(make, config, started, len(config.indices(len(dataset))) - rows_written(out),
                                        args.precision == "auto", args.compile == "auto")
     certify_dataset(smooth, dataset, out, config, args.fresh)
     if world > 1:
@@ -145,14 +146,6 @@ def run(args: argparse.Namespace) -> None:
             if shard[0] == 0:
                 out = merge_shards(Path(args.out), world)
     print(f"wrote {out}")
-
-
-def _rows(out) -> int:
-    """Rows already in a result file (0 for a new one): what a resumed job no longer certifies."""
-    try:
-        return max(0, len(out.read_text().splitlines()) - 1)
-    except (OSError, UnicodeDecodeError):
-        return 0
 
 
 def _fit_batch_size(smooth, x, start: int = 4096) -> int:
