@@ -1,13 +1,17 @@
 """fp32 speed levers for the certify engine's base f = classifier ∘ denoiser (issue 25), against fp32 eager.
 
     HF_HUB_OFFLINE=1 python benchmarks/engine_levers.py [--isa native|avx2|both] [--levers eager,channels_last,...]
-        [--images 4] [--batch-size 500] [--sigma 0.5] [--profile]
+        [--images 4] [--batch-size 500] [--sigma 0.5] [--profile] [--floor]
 
 Loads the preset's models as `cadis certify` does and draws `--images` batches of `--batch-size` noisy copies of the
 first test images (the draws `Smooth.sample_counts` makes with seed i). Every lever runs every batch, in a rotating
 order, after one warm-up call (compilation, export); it prints each lever's median and best seconds per batch, ratios to
 fp32 eager, the largest |logit - eager logit| and how many argmaxes agree with eager's. `--profile` first prints
 where eager fp32 spends a batch: denoiser against classifier, and torch.profiler's self time by kind of op.
+`--floor` last prints the fastest any runtime could run f here without changing its arithmetic: f's FLOPs (counted by
+torch's FlopCounterMode: convolutions, matrix products, attention) at the rate of a large square matrix product on
+this machine (fp32, and bf16), with everything else (norms, activations, copies, Python) free, and the ceiling that
+puts on a lever's speed-up over fp32 eager at this batch size (Cohen's loop runs that forward).
 
 `--isa avx2` re-runs the script with ATen, oneDNN, MKL and OpenVINO's kernels capped at AVX2 (an emulation of a CPU
 without AVX-512, as in cohen_reference.py, with its own inductor cache). ONNX Runtime's MLAS picks its kernels by
@@ -45,11 +49,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--sigma", type=float, default=0.5)
     p.add_argument("--levers", default=",".join(LEVERS), help=f"comma-separated, from {','.join(LEVERS)}")
     p.add_argument("--profile", action="store_true", help="profile eager fp32 first")
+    p.add_argument("--floor", action="store_true", help="last, the speed-up no runtime can pass on this machine")
     p.add_argument("--isa", default="native", choices=["native", "avx2", "both"])
     return p.parse_args()
 
 
-KINDS = [("conv", ("conv",)), ("matmul/linear", ("addmm", "mm", "bmm", "linear", "matmul")),  # first match wins
+KINDS = [("inductor's fused kernels", ("CompiledFxGraph",)), ("conv", ("conv",)),  # first match wins
+         ("matmul/linear", ("addmm", "mm", "bmm", "linear", "matmul")),
          ("attention (sdpa)", ("scaled_dot_product", "flash_attention")), ("group_norm", ("group_norm",)),
          ("layer_norm", ("layer_norm",)), ("softmax", ("softmax",)), ("activations", ("silu", "gelu", "sigmoid")),
          ("copies/layout", ("copy_", "clone", "contiguous", "cat", "to_dense", "reorder", "empty")),
@@ -58,8 +64,6 @@ KINDS = [("conv", ("conv",)), ("matmul/linear", ("addmm", "mm", "bmm", "linear",
 
 def profile(denoiser, classifier, batch, sigma) -> None:
     import torch
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
 
     def timed(fn, *args):
         start = time.perf_counter()
@@ -71,15 +75,55 @@ def profile(denoiser, classifier, batch, sigma) -> None:
         print(f"eager fp32, batch {len(batch)}: denoiser {d:.3f} s ({d / (d + c):.0%}), classifier {c:.3f} s "
               f"({c / (d + c):.0%})")
         for name, fn in (("denoiser", lambda: denoiser(batch, sigma)), ("classifier", lambda: classifier(batch))):
-            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-                fn()
-            by_kind, total = Counter(), 0.0
-            for e in prof.key_averages():
-                kind = next((k for k, keys in KINDS if any(s in e.key for s in keys)), "other")
-                by_kind[kind] += e.self_cpu_time_total / 1e6
-                total += e.self_cpu_time_total / 1e6
-            top = ", ".join(f"{k} {s / total:.0%}" for k, s in by_kind.most_common() if s / total >= 0.01)
-            print(f"  {name} (profiled {total:.3f} s of self time): {top}")
+            print(f"  {name} {by_kind(fn)}")
+
+
+def by_kind(fn) -> str:
+    """torch.profiler's self time of one call of `fn`, by kind of op (KINDS)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    kinds, total = Counter(), 0.0
+    for e in prof.key_averages():
+        kinds[next((k for k, keys in KINDS if any(s in e.key for s in keys)), "other")] += e.self_cpu_time_total / 1e6
+        total += e.self_cpu_time_total / 1e6
+    top = ", ".join(f"{k} {s / total:.0%}" for k, s in kinds.most_common() if s / total >= 0.01)
+    return f"(profiled {total:.3f} s of self time): {top}"
+
+
+def floor(base, example, eager: float) -> None:
+    """f's FLOPs at the rate of a large matrix product here, against `eager` seconds per batch of `example`'s size."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        base(example)
+    flops = counter.get_total_flops()
+    ops = ", ".join(f"{op.__name__.split('.')[0]} {n / flops:.0%}" for op, n in
+                    sorted(counter.get_flop_counts()["Global"].items(), key=lambda kv: -kv[1]))
+    print(f"f: {flops / len(example) / 1e6:.1f} MFLOP per draw ({ops}; CPU flash attention is not counted)")
+    rates = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = (torch.randn(2048, 2048, generator=torch.Generator().manual_seed(i)).to(dtype) for i in (0, 1))
+        with torch.inference_mode():
+            for _ in range(2):
+                a @ b
+            start = time.perf_counter()
+            for _ in range(5):
+                a @ b
+            rate = rates[dtype] = 5 * 2 * 2048 ** 3 / (time.perf_counter() - start)
+        least = flops / rate
+        print(f"  {str(dtype).split('.')[-1]}: a 2048x2048 matrix product runs {rate / 1e9:.0f} GFLOP/s here; "
+              f"at that rate a batch of {len(example)} takes at least {least:.3f} s, so no lever passes "
+              f"{eager / least:.2f}x fp32 eager ({eager:.3f} s) without fewer FLOPs")
+    if rates[torch.bfloat16] > rates[torch.float32]:  # bf16 native: what limits it is not the FLOPs, so show what is
+        compiled, rows = torch.compile(base, dynamic=False), example[:100]  # the engine's forward pass on a CPU
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            for _ in range(3):
+                compiled(rows)
+            print(f"  bf16+compile, a forward pass of {len(rows)} draws {by_kind(lambda: compiled(rows))}")
 
 
 def copies(denoiser, classifier, sigma, channels_last=False, temb_once=False):
@@ -281,6 +325,8 @@ def main() -> None:
         print(f"| {name} | {med:.3f}, {min(seconds[name]):.3f} | {eager / med:.2f}x, {best / min(seconds[name]):.2f}x "
               f"| {setup[name]:.1f} | {diff:.2e} | "
               f"{same}/{draws} ({same / draws:.2%}) | {notes[name]} |")
+    if args.floor:
+        floor(base, example, eager)
 
 
 if __name__ == "__main__":
