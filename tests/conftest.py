@@ -37,6 +37,28 @@ def model_env(request) -> dict[str, str]:
             "CADIS_CLASSIFIER": f"local-dir:{request.getfixturevalue('tiny_classifier_dir')}"}
 
 
+APP_VARS = ("CADIS_PRESET", "CADIS_DENOISER", "CADIS_CLASSIFIER", "CADIS_RUNS_DIR")
+
+
+@pytest.fixture(scope="module")
+def app_env(request, tmp_path_factory) -> dict[str, str]:
+    """For one test module: the apps pointed at the test models (model_env) and a private runs directory."""
+    saved = {k: os.environ.get(k) for k in APP_VARS}
+    env = {"CADIS_RUNS_DIR": str(tmp_path_factory.mktemp("runs")), **model_env(request)}
+    os.environ.update(env)
+    yield env
+    for k, v in saved.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def bundle(app_env):
+    """The apps' models and test set, loaded as the apps load them."""
+    from apps.ui.models import load_bundle, model_source
+
+    return load_bundle(model_source())
+
+
 def make_tiny_unet(channels: int = 1, size: int = 28):
     from diffusers import UNet2DModel
 

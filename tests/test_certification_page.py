@@ -8,7 +8,6 @@ The expected sentences are computed here from the raw TSVs with pandas and scipy
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,6 @@ from cadis.certification.smoothing import ABSTAIN, Certificate
 from cadis.data import load_dataset
 from cadis.models.presets import get_preset
 
-from conftest import model_env
-
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = str(ROOT / "apps" / "views" / "certification.py")
 RUNS = {"FT-CADIS": "ft-cadis.authors-lora", "the denoised fine-tune": "denoised-ce.authors-lora",
@@ -36,17 +33,7 @@ METHOD = {"ft-cadis.authors-lora": "ft-cadis", "denoised-ce.authors-lora": "deno
 SIGMAS = (0.25, 0.5, 1.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def app_env(request, tmp_path_factory):
-    """Test models, a private runs directory, and one torch thread (as tests/test_app.py)."""
-    keys = ("CADIS_PRESET", "CADIS_DENOISER", "CADIS_CLASSIFIER", "CADIS_RUNS_DIR")
-    saved, threads = {k: os.environ.get(k) for k in keys}, torch.get_num_threads()
-    os.environ.update({"CADIS_RUNS_DIR": str(tmp_path_factory.mktemp("runs")), **model_env(request)})
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    for k, v in saved.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+pytestmark = pytest.mark.usefixtures("app_env")  # conftest: test models, a private runs folder
 
 
 @pytest.fixture(scope="module")

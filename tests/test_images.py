@@ -105,3 +105,49 @@ def test_alpha_is_composited_onto_black_and_bright_borders_inverted():
     grey[3:7, 3:7] = 0  # dark object on a bright page: inverted to Fashion-MNIST's light on dark
     x = images.image_from_bytes(encode(grey, "PNG"), (1, 10, 10))
     assert x[0, 0, 0] == 0 and x[0, 5, 5] == 1
+
+
+@pytest.mark.parametrize("mode, shape", [("L", (50, 70)), ("RGB", (600, 400, 3)), ("RGBA", (28, 28, 4)),
+                                         ("I;16", (30, 30)), ("P", (20, 40)), ("1", (33, 33))])
+def test_uploads_of_any_mode_and_size_become_model_inputs(mode, shape):
+    rng = np.random.default_rng(1)
+    arr = (rng.random(shape) * (65535 if mode == "I;16" else 255)).astype(np.uint16 if mode == "I;16" else np.uint8)
+    img = Image.fromarray(arr).convert(mode) if mode in ("P", "1") else Image.fromarray(arr)
+    assert img.mode == mode
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    for target in [(1, 28, 28), (3, 32, 32)]:
+        x = images.image_from_bytes(buf.getvalue(), target)
+        assert x.shape == target and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+
+
+def test_upload_conversion_keeps_content():
+    # A bright square on black stays bright; on white, auto-invert makes the background dark like Fashion-MNIST.
+    dark = np.zeros((56, 56), np.uint8)
+    dark[14:42, 14:42] = 255
+    x = images.image_from_bytes(encode(dark, "PNG"), (1, 28, 28))
+    assert x[0, 14, 14] > 0.9 and x[0, 1, 1] < 0.05
+    y = images.image_from_bytes(encode(255 - dark, "PNG"), (1, 28, 28))
+    assert torch.allclose(x, y, atol=1e-6)
+    assert images.image_from_bytes(encode(255 - dark, "PNG"), (1, 28, 28), invert=False)[0, 1, 1] > 0.95
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 255, 0  # fully transparent red: black after compositing
+    assert images.image_from_bytes(encode(rgba, "PNG"), (3, 28, 28)).max() == 0
+    wide = encode(np.full((10, 40), 255, np.uint8), "PNG")
+    wide = images.image_from_bytes(wide, (1, 28, 28), invert=False)  # padded, centred
+    assert wide[0, 0].max() == 0 and wide[0, 14].min() > 0.9
+
+
+def test_float_and_16_bit_uploads_are_rescaled():
+    for img, expected in [(Image.new("F", (28, 28), 0.5), 0.5), (Image.new("F", (28, 28), 127.5), 0.5),
+                          (Image.fromarray(np.full((28, 28), 32768, np.uint16)), 0.5)]:
+        buf = io.BytesIO()
+        img.save(buf, "TIFF")
+        x = images.image_from_bytes(buf.getvalue(), (1, 28, 28), invert=False)
+        assert float(x.mean()) == pytest.approx(expected, abs=0.01)
+
+
+def test_a_truncated_file_is_corrupt():
+    jpeg = encode(np.zeros((64, 64), np.uint8), "JPEG")
+    with pytest.raises(CadisError, match="corrupt or truncated"):
+        images.image_from_bytes(jpeg[:200], SHAPE, "cut.jpg")

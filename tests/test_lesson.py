@@ -9,7 +9,6 @@ paired and per-class tables) and from the raw TSV columns, so a wrong run, σ, r
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from apps.ui import payoff
 from apps.ui.headline import default_sigma, headline_files, headline_radius, headline_sentence, load_runs
 from apps.ui.story import detector_words, load_story, sentences
 
-from conftest import model_env, settle
+from conftest import settle
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
@@ -158,18 +157,6 @@ def test_the_story_says_what_other_numbers_would_show():
 
 
 # ---------------------------------------------------------------- the pages
-
-
-@pytest.fixture(scope="module")
-def app_env(request, tmp_path_factory):
-    saved = {k: os.environ.get(k) for k in ("CADIS_RUNS_DIR", "CADIS_DENOISER", "CADIS_CLASSIFIER")}
-    os.environ.update({"CADIS_RUNS_DIR": str(tmp_path_factory.mktemp("runs")), **model_env(request)})
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @needs_results
