@@ -169,7 +169,7 @@ def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0:
         smooth = make(acceleration)
         if any(auto):  # the runs share draws, so one choice for all: the first file's when resuming
             first_out, first_config = outs[0]
-            smooth, chosen = choose_engine(make, first_config, started_acceleration(first_out),
+            smooth, chosen = choose_engine(smooth, make, first_config, started_acceleration(first_out),
                                            len(first_config.indices(len(test))) - rows_written(first_out), *auto)
             extra = {k: chosen.notes[k] for k in ("precision_auto", "compile_auto") if k in chosen.notes}
             outs = [(out, replace(config, acceleration=chosen.acceleration, notes={**config.notes, **extra}))

@@ -90,12 +90,13 @@ def started_acceleration(out: Path) -> dict | None:
     return started if isinstance(started, dict) else None
 
 
-def choose_engine(make: Callable[[Acceleration], DenoisedSmoothing], config: CertifyConfig, started: dict | None,
-                  images: int, precision: bool = True, compile: bool = True) -> tuple[DenoisedSmoothing, CertifyConfig]:
+def choose_engine(smooth: DenoisedSmoothing, make: Callable[[Acceleration], DenoisedSmoothing], config: CertifyConfig,
+                  started: dict | None, images: int, precision: bool = True,
+                  compile: bool = True) -> tuple[DenoisedSmoothing, CertifyConfig]:
     """The engine for a job of `images` images and its config, with `precision` and/or `compile` chosen
-    automatically: a resumed file's (`started`) where it has one, else measured. `make` builds the engine for an
-    acceleration; the config's notes record each choice."""
-    smooth, notes = make(config.acceleration), dict(config.notes)
+    automatically: a resumed file's (`started`) where it has one, else measured. `smooth` is the engine built for
+    `config`, `make` builds one for another acceleration; the config's notes record each choice."""
+    notes = dict(config.notes)
     acceleration = config.acceleration
     if precision:
         if (started or {}).get("precision") in ("fp32", "bf16"):

@@ -137,7 +137,8 @@ def run(args: argparse.Namespace) -> None:
             return DenoisedSmoothing(denoiser, classifier, sigma, config.batch_size, args.mode, acc, **kwargs)
 
         started = None if args.fresh else started_acceleration(out)
-        smooth, config = choose_engine(make, config, started, len(config.indices(len(dataset))) - rows_written(out),
+        smooth, config = choose_engine(smooth, make, config, started,
+                                       len(config.indices(len(dataset))) - rows_written(out),
                                        args.precision == "auto", args.compile == "auto")
     certify_dataset(smooth, dataset, out, config, args.fresh)
     if world > 1:
