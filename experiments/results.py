@@ -20,7 +20,7 @@ from cadis.acceleration import Acceleration
 from cadis.analysis.evaluation import selection_rates
 from cadis.analysis.hallucination import class_aurocs, class_rates, detector_summary, draws_frame, score_images
 from cadis.certification.adaptive import AdaptiveSettings, default_tolerance
-from cadis.certification.engine_choice import choose_engine, started_acceleration
+from cadis.certification.engine_choice import choose_engine, describe_engine, started_acceleration
 from cadis.certification.output import rows_written
 from cadis.certification.runner import CertifyConfig, certify_classifiers
 from cadis.certification.smoothing import DenoisedSmoothing
@@ -174,6 +174,7 @@ def run_certification(methods=METHODS, sigmas=SIGMAS, max_images: int = 500, n0:
             extra = {k: chosen.notes[k] for k in ("precision_auto", "compile_auto") if k in chosen.notes}
             outs = [(out, replace(config, acceleration=chosen.acceleration, notes={**config.notes, **extra}))
                     for out, config in outs]
+        print(f"σ={sigma:g}, {describe_engine(outs[0][1])}", flush=True)
         certify_classifiers(smooth, classifiers, test, outs)
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 import torch
 
 from cadis.acceleration import Acceleration, cached_record, compile_cache_dir, machine_slot
+from cadis.certification import engine_choice
 from cadis.certification.engine_choice import ASSUMED_SAVING, COLD_COMPILE_S, choose_compile, job_shapes
+from cadis.certification.runner import CertifyConfig
 from cadis.certification.smoothing import Smooth
 from cadis.errors import CadisError
 
@@ -86,3 +89,23 @@ def test_non_finite_logits_count_no_vote(bad):
 
     with pytest.raises(CadisError, match="NaN or infinite logits.*--precision fp32"):
         Smooth(broken, 3, 0.5, batch_size=32).certify(torch.rand(1, 4, 4), 10, 50, 0.001)
+
+
+def test_the_console_line_says_what_runs_and_why():
+    describe = engine_choice.describe_engine
+    config = CertifyConfig(denoiser="d", classifier="c", dataset="toy", sigma=0.25, n0=10, n=100)
+    assert describe(config) == "engine: fp32; eager"
+    timed = {"precision": "bf16", "seconds_per_call": {"fp32": 0.2, "bf16": 0.1}, "batch": 64}
+    assumed = {"compile": False, "eager_job_s": 3.25, "saving": 0.1, "compile_cost_s": 240.0, "measured": False}
+    line = describe(replace(config, acceleration=Acceleration("bf16"),
+                            notes={"precision_auto": timed, "compile_auto": assumed}))
+    assert line == ("engine: bf16 (auto: per call of 64 on this machine: fp32 0.200 s, bf16 0.100 s); eager (auto: "
+                    "saves 10% of about 3.2 s against about 240 s to compile, assumed until a large job measures it)")
+    measured = {**assumed, "compile": True, "measurement": {"compile_s_per_shape": 14.2, "saving": 0.16}}
+    line = describe(replace(config, acceleration=Acceleration(compile=True), notes={"compile_auto": measured}))
+    assert line.endswith("compiled (auto: measured now: compiling takes 14 s per batch shape and saves 16% of about "
+                         "3.2 s)")
+    resumed = {"precision_auto": {"precision": "fp32", "resumed": True}, "compile_auto": {"compile": False,
+                                                                                        "resumed": True}}
+    kept = "(auto: kept from the file being resumed)"
+    assert describe(replace(config, notes=resumed)) == f"engine: fp32 {kept}; eager {kept}"

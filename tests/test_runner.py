@@ -29,15 +29,29 @@ def _rows(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t")
 
 
-def test_certify_writes_cohen_columns_and_sidecar(tiny_denoiser_dir, tiny_classifier_dir, tmp_path):
+def test_certify_writes_cohen_columns_and_sidecar(tiny_denoiser_dir, tiny_classifier_dir, tmp_path, capsys):
     out = tmp_path / "r.tsv"
     assert main(_args(tiny_denoiser_dir, tiny_classifier_dir, out, "--max", "6", "--skip", "2")) == 0
+    said = json.loads((tmp_path / "r.tsv.json").read_text())["acceleration"]
+    engine = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("engine: "))
+    assert engine.startswith(f"engine: {said['precision']} (auto: ")  # the console names what the sidecar records
     df = _rows(out)
     assert list(df.columns[:6]) == ["idx", "label", "predict", "radius", "correct", "time"]
     assert df["idx"].tolist() == [0, 2, 4]
     assert (df["correct"] == (df["predict"] == df["label"]).astype(int)).all()
     cfg = (tmp_path / "r.tsv.json").read_text()
     assert '"sigma": 0.25' in cfg and '"torch"' in cfg and '"seed": 0' in cfg
+
+
+def test_auto_weighs_the_images_left_to_certify(tiny_denoiser_dir, tiny_classifier_dir, tmp_path, monkeypatch):
+    from cadis.certification import engine_choice
+
+    left, choose = [], engine_choice.choose_engine
+    monkeypatch.setattr(engine_choice, "choose_engine", lambda *a: left.append(a[4]) or choose(*a))
+    out = tmp_path / "r.tsv"
+    for extra in (["--max", "3"], ["--max", "4"], ["--max", "4", "--fresh"]):  # new file, resumed, redone
+        assert main(_args(tiny_denoiser_dir, tiny_classifier_dir, out, *extra)) == 0
+    assert left == [3, 1, 4]
 
 
 def test_kill_and_resume_gives_each_index_once_and_keeps_earlier_rows(tiny_denoiser_dir, tiny_classifier_dir,

@@ -122,3 +122,35 @@ def choose_engine(smooth: DenoisedSmoothing, make: Callable[[Acceleration], Deno
                                             key)
         notes["compile_auto"] = record
     return smooth, replace(config, acceleration=smooth.acceleration, notes=notes)
+
+
+def describe_engine(config: CertifyConfig) -> str:
+    """One line for the console: the precision and compilation a job runs with, and why where `auto` chose them."""
+    acceleration, notes = config.acceleration, config.notes
+    precision, compiled = acceleration.precision, "compiled" if acceleration.compile else "eager"
+    if (why := notes.get("precision_auto")) is not None:
+        if why.get("resumed"):
+            reason = "kept from the file being resumed"
+        elif "seconds_per_call" in why:
+            timings = ", ".join(f"{name} {s:.3f} s" for name, s in why["seconds_per_call"].items())
+            reason = f"per call of {why.get('batch')} on this machine: {timings}"
+        else:
+            reason = why.get("rule", "")
+        precision += f" (auto: {reason})"
+    if (why := notes.get("compile_auto")) is not None:
+        if why.get("resumed"):
+            reason = "kept from the file being resumed"
+        elif "measurement" in why:
+            m = why["measurement"]
+            reason = (f"measured now: compiling takes {m['compile_s_per_shape']:.0f} s per batch shape and saves "
+                      f"{m['saving']:.0%} of about {_seconds(why['eager_job_s'])}")
+        else:
+            source = "measured on this machine" if why.get("measured") else "assumed until a large job measures it"
+            reason = (f"saves {why['saving']:.0%} of about {_seconds(why['eager_job_s'])} against about "
+                      f"{_seconds(why['compile_cost_s'])} to compile, {source}")
+        compiled += f" (auto: {reason})"
+    return f"engine: {precision}; {compiled}"
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"

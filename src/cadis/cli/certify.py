@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from cadis.certification.adaptive import AdaptiveSettings, default_tolerance
-    from cadis.certification.engine_choice import choose_engine, started_acceleration
+    from cadis.certification.engine_choice import choose_engine, describe_engine, started_acceleration
     from cadis.certification.output import rows_written
     from cadis.certification.runner import CertifyConfig, certify_dataset, check_output, merge_shards, shard_path
     from cadis.certification.smoothing import DenoisedSmoothing
@@ -137,9 +137,10 @@ def run(args: argparse.Namespace) -> None:
             return DenoisedSmoothing(denoiser, classifier, sigma, config.batch_size, args.mode, acc, **kwargs)
 
         started = None if args.fresh else started_acceleration(out)
-        smooth, config = choose_engine(smooth, make, config, started,
-                                       len(config.indices(len(dataset))) - rows_written(out),
-                                       args.precision == "auto", args.compile == "auto")
+        left = len(config.indices(len(dataset))) - (0 if args.fresh else rows_written(out))  # --fresh redoes all
+        smooth, config = choose_engine(smooth, make, config, started, left, args.precision == "auto",
+                                       args.compile == "auto")
+    print(describe_engine(config), flush=True)
     certify_dataset(smooth, dataset, out, config, args.fresh)
     if world > 1:
         with process_group(cpu_only=True):  # only to wait for every shard before merging
