@@ -1,6 +1,7 @@
 """Cohen et al.'s reference CERTIFY loop against the cadis engine, image by image on the same models and images.
 
     HF_HUB_OFFLINE=1 python benchmarks/cohen_reference.py [--images 10] [--sigma 0.5] [--isa native|avx2|both]
+        [--floor]
 
 The reference is a copy of `Smooth` from locuslab/smoothing (code/core.py), wrapping the same base as cadis'
 `DenoisedSmoothing.classify_noisy`: the preset's classifier ∘ denoiser, loaded as `cadis certify` loads them. Per
@@ -14,7 +15,8 @@ cadis' generator draw the same noise in the same batches, so cadis fp32 eager ce
 same arithmetic; the other variants certify another f (bf16, or compiled kernels) on those draws, and may differ
 on images near a decision. `--isa avx2` re-runs the script with ATen, oneDNN and MKL limited to AVX2 (what a CPU
 without AVX-512 runs) and its own inductor cache; the CPU is still this one, so this is an emulation. `--isa both`
-runs native, then avx2.
+runs native, then avx2. `--floor` last prints the speed-up over Cohen's loop that no runtime passes on this machine
+without fewer FLOPs (engine_levers.py's `floor`: f's FLOPs at the rate of a large matrix product).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--isa", default="native", choices=["native", "avx2", "both"],
                    help="avx2: emulate a CPU without AVX-512 (ATen, oneDNN, MKL and inductor limited to AVX2)")
+    p.add_argument("--floor", action="store_true", help="last, the speed-up no runtime can pass on this machine")
     return p.parse_args()
 
 
@@ -228,6 +231,13 @@ def main() -> None:
         payback = f"pays back after {cost / saving:.0f} images" if saving > 0 else "never pays back (no saving)"
         print(f"compile, {precision}: {cost:.1f} s once (setup minus an image), saves {saving:.2f} s per image "
               f"({saving / statistics.median(seconds[eager]):.0%}): {payback} at these settings")
+
+    if args.floor:
+        from engine_levers import floor  # a sibling script (it imports this one's reexec)
+
+        draws = torch.randn((args.batch_size, *warm.shape), generator=torch.Generator().manual_seed(0))
+        per_batch = cohen_median * args.batch_size / (args.n0 + args.n)  # Cohen's loop's seconds per batch of draws
+        floor(Base(), draws.mul_(args.sigma).add_(warm), per_batch, "Cohen's loop")
 
 
 if __name__ == "__main__":

@@ -93,8 +93,9 @@ def by_kind(fn) -> str:
     return f"(profiled {total:.3f} s of self time): {top}"
 
 
-def floor(base, example, eager: float) -> None:
-    """f's FLOPs at the rate of a large matrix product here, against `eager` seconds per batch of `example`'s size."""
+def floor(base, example, eager: float, reference: str = "fp32 eager") -> None:
+    """f's FLOPs at the rate of a large matrix product here, against `eager` seconds for `example`'s draws taken by
+    the `reference` (also cohen_reference.py --floor's)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -117,7 +118,7 @@ def floor(base, example, eager: float) -> None:
         least = flops / rate
         print(f"  {str(dtype).split('.')[-1]}: a 2048x2048 matrix product runs {rate / 1e9:.0f} GFLOP/s here; "
               f"at that rate a batch of {len(example)} takes at least {least:.3f} s, so no lever passes "
-              f"{eager / least:.2f}x fp32 eager ({eager:.3f} s) without fewer FLOPs")
+              f"{eager / least:.2f}x {reference} ({eager:.3f} s) without fewer FLOPs")
     if rates[torch.bfloat16] > rates[torch.float32]:  # bf16 native: what limits it is not the FLOPs, so show what is
         compiled, rows = torch.compile(base, dynamic=False), example[:100]  # the engine's forward pass on a CPU
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
